@@ -1,0 +1,88 @@
+"""qlabref: a NumPy/Numba reference engine for QLABGrad (Fu & Wu), the hyperparameter-free
+learning-rate scheme, with the autodiff, layers, baselines and figures needed to check its claims.
+
+Exports are listed explicitly. The heavier subpackages (``nn``, ``optim``, ``models``, ``functions``,
+``interop``, ``data``, ...) are imported on first access (``qr.optim``), so ``import qlabref`` stays
+quick and never needs torch or numba-cuda.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .autograd import enable_grad, is_grad_enabled, no_grad, no_state_update
+from .gradcheck import gradcheck, gradcheck_projection, numerical_grad, relative_error
+from .ops import (
+    concatenate,
+    cross_entropy,
+    exp,
+    log,
+    log_softmax,
+    maximum,
+    relu,
+    sigmoid,
+    sqrt,
+    stack,
+    tanh,
+)
+from .tensor import Tensor, as_tensor, tensor
+
+__version__ = "0.1.0"
+
+# Subpackages and the public names that live in them, loaded on first use (PEP 562).
+_LAZY_MODULES = {
+    "nn": "qlabref.nn",
+    "optim": "qlabref.optim",
+    "models": "qlabref.models",
+    "functions": "qlabref.functions",
+    "interop": "qlabref.interop",
+    "data": "qlabref.data",
+    "plots": "qlabref.plots",
+    "kernels": "qlabref.kernels",
+}
+_LAZY_NAMES = {
+    "trajectory": ("qlabref.trajectory", "trajectory"),
+}
+
+__all__ = [
+    "Tensor",
+    "tensor",
+    "as_tensor",
+    "no_grad",
+    "enable_grad",
+    "is_grad_enabled",
+    "no_state_update",
+    "gradcheck",
+    "gradcheck_projection",
+    "numerical_grad",
+    "relative_error",
+    "concatenate",
+    "stack",
+    "maximum",
+    "relu",
+    "tanh",
+    "sigmoid",
+    "exp",
+    "log",
+    "sqrt",
+    "log_softmax",
+    "cross_entropy",
+    *_LAZY_MODULES,
+    *_LAZY_NAMES,
+]
+
+
+def __getattr__(name):
+    if name in _LAZY_MODULES:
+        module = importlib.import_module(_LAZY_MODULES[name])
+        globals()[name] = module
+        return module
+    if name in _LAZY_NAMES:
+        module_name, attr = _LAZY_NAMES[name]
+        value = getattr(importlib.import_module(module_name), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'qlabref' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

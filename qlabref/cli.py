@@ -1,0 +1,54 @@
+"""The ``qlabref`` command line.
+
+Each subcommand is one module in ``qlabref/commands/`` that defines ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit code). Modules are discovered, so adding a
+command means adding one file.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from . import __version__, commands
+
+# The order in which commands are listed in --help; commands not named here follow alphabetically.
+_ORDER = ["demo", "trajectories", "explain", "verify", "train", "plot", "reproduce", "bench", "data"]
+
+
+def _command_modules():
+    mods = []
+    for info in pkgutil.iter_modules(commands.__path__):
+        if info.name.startswith("_"):
+            continue
+        mods.append(importlib.import_module(f"{commands.__name__}.{info.name}"))
+    rank = {name: i for i, name in enumerate(_ORDER)}
+    return sorted(mods, key=lambda m: (rank.get(m.NAME, len(_ORDER)), m.NAME))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qlabref",
+        description="qlabref: a NumPy/Numba reference engine for QLABGrad (Fu & Wu).",
+    )
+    parser.add_argument("--version", action="version", version=f"qlabref {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _command_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``qlabref`` subcommand (discovered by ``qlabref.cli``)."""

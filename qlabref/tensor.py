@@ -1,0 +1,300 @@
+"""``Tensor``: an ``np.ndarray`` (``data``), its gradient (``grad``) and how it was made.
+
+Every operator is one line that calls a ``Function`` from ``qlabref.ops``; the maths lives there.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import autograd
+
+__all__ = ["Tensor", "tensor", "as_tensor"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _to_array(data, dtype=None) -> np.ndarray:
+    if isinstance(data, Tensor):
+        data = data.data
+    if dtype is not None:
+        return np.asarray(data, dtype=dtype)
+    if isinstance(data, np.ndarray):
+        arr = data
+    elif isinstance(data, (bool, np.bool_)):
+        arr = np.asarray(data)
+    elif isinstance(data, numbers.Integral):
+        arr = np.asarray(data, dtype=np.int64)
+    elif isinstance(data, numbers.Real):
+        arr = np.asarray(data, dtype=np.float32)  # python floats -> float32, as in PyTorch
+    else:
+        arr = np.asarray(data)
+        if arr.dtype == np.float64 and not _contains_ndarray_float64(data):
+            arr = arr.astype(np.float32)  # nested python lists of floats -> float32
+    if arr.dtype.kind == "f" and arr.dtype not in _FLOATS:
+        arr = arr.astype(np.float32)  # float16 and friends are computed in float32
+    return arr
+
+
+def _contains_ndarray_float64(data) -> bool:
+    if isinstance(data, np.ndarray):
+        return data.dtype == np.float64
+    if isinstance(data, np.floating):
+        return data.dtype == np.float64
+    if isinstance(data, (list, tuple)):
+        return any(_contains_ndarray_float64(x) for x in data)
+    return False
+
+
+class Tensor:
+    """A node of the computation graph.
+
+    Attributes: ``data`` (np.ndarray), ``grad`` (np.ndarray or None; same shape and dtype as
+    ``data``), ``requires_grad`` (bool). Tensors built by ops remember ``(function, ctx, parents)``
+    in ``_node`` until ``backward`` releases it.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_node", "name", "__weakref__")
+    # NumPy defers to our reflected operators: ndarray + Tensor -> Tensor.__radd__.
+    __array_ufunc__ = None
+
+    def __init__(self, data, requires_grad=False, dtype=None, name=None):
+        arr = _to_array(data, dtype)
+        if requires_grad and arr.dtype not in _FLOATS:
+            raise TypeError(
+                f"tensor: requires_grad=True needs a float32 or float64 array, got dtype {arr.dtype}"
+            )
+        self.data = arr
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._node = None
+        self.name = name
+
+    @classmethod
+    def _from_op(cls, array, requires_grad):
+        t = cls.__new__(cls)
+        t.data = array if isinstance(array, np.ndarray) else np.asarray(array)
+        t.grad = None
+        t.requires_grad = requires_grad
+        t._node = None
+        t.name = None
+        return t
+
+    # ---------------------------------------------------------------- plain properties
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return self.data.size
+
+    @property
+    def is_leaf(self):
+        return self._node is None
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        body = np.array2string(self.data, precision=6, separator=", ", prefix="tensor(")
+        return f"tensor({body}, dtype={self.data.dtype}{extra})"
+
+    def numpy(self) -> np.ndarray:
+        """The data as an ndarray (the same memory, like ``torch.Tensor.numpy``)."""
+        return self.data
+
+    def item(self) -> float:
+        if self.data.size != 1:
+            raise ValueError(f"item: only a one-element tensor converts to a Python number, shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def __float__(self):
+        return float(self.item())
+
+    def detach(self) -> "Tensor":
+        """A new leaf sharing ``data``, cut off from the graph."""
+        return Tensor._from_op(self.data, requires_grad=False)
+
+    def requires_grad_(self, flag=True) -> "Tensor":
+        if flag and self.data.dtype not in _FLOATS:
+            raise TypeError(f"requires_grad_: dtype {self.data.dtype} cannot require grad")
+        self.requires_grad = bool(flag)
+        return self
+
+    def astype(self, dtype) -> "Tensor":
+        from .ops import core
+
+        return core.Cast.apply(self, dtype=np.dtype(dtype))
+
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        ``grad`` is required unless ``self`` has one element. The graph is released afterwards unless
+        ``retain_graph=True``. Gradients add up across calls until zeroed, as in PyTorch.
+        """
+        autograd.backward(self, grad, retain_graph=retain_graph)
+
+    def zero_grad(self):
+        self.grad = None
+
+    # ---------------------------------------------------------------- operators
+    def __add__(self, other):
+        return _ops().Add.apply(self, other)
+
+    def __radd__(self, other):
+        return _ops().Add.apply(other, self)
+
+    def __sub__(self, other):
+        return _ops().Sub.apply(self, other)
+
+    def __rsub__(self, other):
+        return _ops().Sub.apply(other, self)
+
+    def __mul__(self, other):
+        return _ops().Mul.apply(self, other)
+
+    def __rmul__(self, other):
+        return _ops().Mul.apply(other, self)
+
+    def __truediv__(self, other):
+        return _ops().Div.apply(self, other)
+
+    def __rtruediv__(self, other):
+        return _ops().Div.apply(other, self)
+
+    def __pow__(self, other):
+        return _ops().Pow.apply(self, other)
+
+    def __rpow__(self, other):
+        return _ops().Pow.apply(other, self)
+
+    def __matmul__(self, other):
+        return _ops().MatMul.apply(self, other)
+
+    def __rmatmul__(self, other):
+        return _ops().MatMul.apply(other, self)
+
+    def __neg__(self):
+        return _ops().Neg.apply(self)
+
+    def __pos__(self):
+        return self
+
+    def __getitem__(self, index):
+        return _ops().GetItem.apply(self, index=index)
+
+    # Comparisons give plain boolean arrays (no gradient flows through a comparison).
+    def __lt__(self, other):
+        return self.data < _raw(other)
+
+    def __le__(self, other):
+        return self.data <= _raw(other)
+
+    def __gt__(self, other):
+        return self.data > _raw(other)
+
+    def __ge__(self, other):
+        return self.data >= _raw(other)
+
+    __hash__ = object.__hash__
+
+    # ---------------------------------------------------------------- methods
+    def sum(self, axis=None, keepdims=False):
+        return _ops().Sum.apply(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return _ops().Mean.apply(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return _ops().Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _ops().Reshape.apply(self, shape=shape)
+
+    def flatten(self, start_axis=0):
+        return self.reshape(self.shape[:start_axis] + (-1,))
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return _ops().Transpose.apply(self, axes=axes or None)
+
+    def permute(self, *axes):
+        return self.transpose(*axes)
+
+    @property
+    def T(self):
+        return self.transpose()
+
+    def exp(self):
+        return _ops().Exp.apply(self)
+
+    def log(self):
+        return _ops().Log.apply(self)
+
+    def sqrt(self):
+        return _ops().Sqrt.apply(self)
+
+    def abs(self):
+        return _ops().Abs.apply(self)
+
+    def sin(self):
+        return _ops().Sin.apply(self)
+
+    def cos(self):
+        return _ops().Cos.apply(self)
+
+    def relu(self):
+        return _ops().ReLU.apply(self)
+
+    def tanh(self):
+        return _ops().Tanh.apply(self)
+
+    def sigmoid(self):
+        return _ops().Sigmoid.apply(self)
+
+    def maximum(self, other):
+        return _ops().Maximum.apply(self, other)
+
+    def log_softmax(self, axis=-1):
+        return _ops().LogSoftmax.apply(self, axis=axis)
+
+
+def _raw(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _ops():
+    # imported lazily: ops imports Tensor
+    from .ops import core
+
+    return core
+
+
+def tensor(data, requires_grad=False, dtype=None) -> Tensor:
+    """Make a leaf Tensor. float64 arrays stay float64; python floats become float32."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def as_tensor(x, dtype=None) -> Tensor:
+    """``x`` if it is already a Tensor, else a constant (no grad) Tensor of it."""
+    if isinstance(x, Tensor):
+        return x
+    if dtype is not None and not isinstance(x, np.ndarray):
+        return Tensor._from_op(np.asarray(x, dtype=dtype), requires_grad=False)
+    if dtype is not None and isinstance(x, np.ndarray) and x.dtype.kind in "biu" :
+        return Tensor._from_op(x.astype(dtype), requires_grad=False)
+    return Tensor._from_op(_to_array(x), requires_grad=False)

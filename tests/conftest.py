@@ -1,0 +1,50 @@
+"""Shared fixtures.
+
+- ``torch``: the torch module for cross-checks. Without torch installed the test is skipped, unless
+  ``QLABREF_REQUIRE_TORCH=1`` (set by ``.ci/run``), in which case it fails: CI cannot pass while the
+  PyTorch cross-checks silently skip.
+- ``rng``: a NumPy Generator with a fresh seed per test run (printed on failure), so tests use new
+  random inputs rather than numbers frozen into the test; set ``QLABREF_TEST_SEED`` to replay.
+- hypothesis profile "ci": bounded examples and no deadline (CI machines are slow and shared).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False
+)
+settings.load_profile("ci")
+
+_SEED = int(os.environ.get("QLABREF_TEST_SEED", secrets.randbits(32)))
+
+
+def pytest_report_header(config):
+    return f"qlabref test seed: QLABREF_TEST_SEED={_SEED} (set it to replay the random inputs)"
+
+
+@pytest.fixture
+def rng(request):
+    # Different stream per test, reproducible from the printed session seed.
+    return np.random.default_rng([_SEED, abs(hash(request.node.nodeid)) % (2**32)])
+
+
+def _load_torch():
+    try:
+        import torch
+    except ImportError:
+        if os.environ.get("QLABREF_REQUIRE_TORCH") == "1":
+            pytest.fail("QLABREF_REQUIRE_TORCH=1 but torch is not installed: the PyTorch cross-checks cannot run")
+        pytest.skip("torch not installed (pip install torch); set QLABREF_REQUIRE_TORCH=1 to make this a failure")
+    torch.set_num_threads(1)
+    return torch
+
+
+@pytest.fixture(scope="session")
+def torch():
+    return _load_torch()
