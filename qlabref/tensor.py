@@ -20,8 +20,8 @@ def _to_array(data, dtype=None) -> np.ndarray:
         data = data.data
     if dtype is not None:
         return np.asarray(data, dtype=dtype)
-    if isinstance(data, np.ndarray):
-        arr = data
+    if isinstance(data, (np.ndarray, np.generic)):
+        arr = np.asarray(data)  # NumPy arrays and scalars keep their dtype (np.float64 stays float64)
     elif isinstance(data, (bool, np.bool_)):
         arr = np.asarray(data)
     elif isinstance(data, numbers.Integral):

@@ -174,10 +174,10 @@ class MatMul(Function):
         A = a if a.ndim > 1 else a[None, :]
         B = b if b.ndim > 1 else b[:, None]
         G = g
-        if a.ndim == 1:
-            G = np.expand_dims(G, -2)
         if b.ndim == 1:
-            G = np.expand_dims(G, -1)
+            G = G[..., None]  # (..., n) -> (..., n, 1)
+        if a.ndim == 1:
+            G = G[..., None, :]  # (..., m) -> (..., 1, m)
         ga = gb = None
         if ctx.needs_input_grad[0]:
             ga = unbroadcast(np.matmul(G, np.swapaxes(B, -1, -2)), A.shape).reshape(a.shape)
