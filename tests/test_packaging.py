@@ -1,0 +1,86 @@
+"""Packaging and command-line contract: what the README and CI rely on."""
+import configparser
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _setup_cfg():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    return cfg
+
+
+def test_every_package_folder_is_listed_in_setup_cfg():
+    cfg = _setup_cfg()
+    listed = {p.strip() for p in cfg["options"]["packages"].split() if p.strip()}
+    found = {"qlabref.kernels"} if (ROOT / "kernels" / "__init__.py").exists() else set()
+    for init in (ROOT / "qlabref").rglob("__init__.py"):
+        rel = init.parent.relative_to(ROOT)
+        found.add(".".join(rel.parts))
+    assert found == listed, f"setup.cfg packages {sorted(listed)} != package folders {sorted(found)}"
+    mapping = cfg["options"]["package_dir"]
+    assert "qlabref.kernels = kernels" in mapping
+
+
+def test_pyproject_holds_only_build_system():
+    text = (ROOT / "pyproject.toml").read_text()
+    tables = [line.strip() for line in text.splitlines() if line.strip().startswith("[")]
+    assert tables == ["[build-system]"]
+
+
+def test_extras_and_dependencies():
+    cfg = _setup_cfg()
+    deps = cfg["options"]["install_requires"]
+    for name in ("numpy", "scipy", "matplotlib", "numba"):
+        assert name in deps
+    assert "torch" not in deps
+    extras = cfg["options.extras_require"]
+    assert "numba-cuda[cu13]" in extras["cuda"]
+    assert "pytest" in extras["test"] and "hypothesis" in extras["test"]
+    assert "torch" in extras["torch"]
+
+
+def test_import_needs_neither_torch_nor_cuda():
+    code = (
+        "import sys, qlabref, qlabref.kernels;"
+        "bad = [m for m in ('torch', 'numba.cuda') if m in sys.modules];"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"import qlabref pulled in {out.stdout.strip()}"
+
+
+def test_cli_help_for_every_command():
+    from qlabref import cli
+
+    parser = cli.build_parser()
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--help"])
+    assert e.value.code == 0
+    names = [m.NAME for m in cli._command_modules()]
+    assert "demo" in names
+    for name in names:
+        with pytest.raises(SystemExit) as e:
+            cli.main([name, "--help"])
+        assert e.value.code == 0, name
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "qlabref", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo" in out.stdout
+
+
+def test_readme_starts_with_the_two_commands():
+    text = (ROOT / "README.md").read_text()
+    first_block = text.split("```bash", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(first_block) == 2, first_block
+    demo, tests = first_block
+    assert "qlabref demo" in demo and "python3 -m venv" in demo
+    assert "pytest" in tests and "[test]" in tests and "python3 -m venv" in tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "QLABREF_REQUIRE_TORCH=1" in ci and "torch==2.13.0" in ci
