@@ -45,13 +45,14 @@ def test_extras_and_dependencies():
     assert "torch" in extras["torch"]
 
 
-def test_import_needs_neither_torch_nor_cuda():
+def test_import_needs_neither_torch_nor_cuda(tmp_path):
     code = (
         "import sys, qlabref, qlabref.kernels;"
         "bad = [m for m in ('torch', 'numba.cuda') if m in sys.modules];"
         "print(','.join(bad))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # run outside the repository, so the installed package (not the source folder) is imported
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "", f"import qlabref pulled in {out.stdout.strip()}"
 
 
@@ -70,8 +71,8 @@ def test_cli_help_for_every_command():
         assert e.value.code == 0, name
 
 
-def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "qlabref", "--help"], capture_output=True, text=True)
+def test_console_script_runs(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "qlabref", "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "demo" in out.stdout
 
 
