@@ -21,7 +21,10 @@ where ``f_ref`` depends on ``target``:
   and the unpolished value. This is what "reaching the optimum" can mean on Eggholder, whose global
   minimum sits on the boundary with a nonzero slope (unconstrained gradient methods stop in an
   interior local minimum or leave the box); the paper's Figure 2 caption speaks of reaching "the
-  local minimum value". ``result.target_point`` says which minimum it was, so a table can show it.
+  local minimum value". A hit must then also lie within 1% of the domain width of that local
+  minimum (so passing through a deeper basin on the way does not count), and a run whose final point
+  is outside the box has no local target (hit None). ``result.target_point`` says which minimum it
+  was, so a table can show it.
 - a number: that value.
 
 The in-domain condition matters for Eggholder, whose value keeps falling outside its box: a point
@@ -49,6 +52,8 @@ from .tensor import Tensor
 __all__ = ["TrajectoryResult", "trajectory", "sample_starts", "sweep", "summarize_counts", "SweepResult"]
 
 _TARGETS = ("nearest", "global", "local")
+#: target="local": a hit must also lie within this fraction of the domain width of the local minimum
+_LOCAL_RADIUS = 0.01
 
 
 @dataclass
@@ -74,6 +79,7 @@ class TrajectoryResult:
     evals: int  # closure evaluations made by the optimizer (sum of last_step["evals"] where given)
     seconds: float
     resolved: dict = field(default_factory=dict)  # settings the optimizer chose itself (QLABGrad's pre_lr)
+    opt_defaults: dict = field(default_factory=dict)  # every hyperparameter in effect (optimizer.defaults)
     target_value: float | None = None  # f_ref for "global"/"local"/number targets
     target_point: np.ndarray | None = None  # the minimum the hit refers to (nearest/local/global)
     records: list | None = None  # copies of opt.last_step per step (keep_records=True)
@@ -89,6 +95,10 @@ class TrajectoryResult:
     @property
     def final(self) -> np.ndarray:
         return self.path[-1]
+
+    @property
+    def in_domain_at_end(self) -> bool:
+        return _functions.get(self.function).in_domain(self.path[-1])
 
     @property
     def final_loss(self) -> float:
@@ -268,7 +278,8 @@ def trajectory(
     elif target == "local":
         target_point, target_value = _local_reference(fn, path, losses)
         if target_value is not None:
-            ok = np.all((path >= lo) & (path <= hi), axis=1) & (losses - target_value < tol)
+            near = np.linalg.norm(path - target_point, axis=1) < _LOCAL_RADIUS * float(np.max(hi - lo))
+            ok = np.all((path >= lo) & (path <= hi), axis=1) & (losses - target_value < tol) & near
             idx = np.flatnonzero(ok)
             hit = int(idx[0]) if idx.size else None
 
@@ -292,6 +303,7 @@ def trajectory(
         evals=evals,
         seconds=time.perf_counter() - t0,
         resolved=resolved,
+        opt_defaults={k: v for k, v in getattr(opt, "defaults", {}).items()},
         target_value=target_value,
         target_point=target_point,
         records=records,
@@ -299,15 +311,16 @@ def trajectory(
 
 
 def _local_reference(fn, path, losses):
-    """The local minimum a run ended in: polish its last in-domain point with L-BFGS-B in the box."""
+    """The local minimum a run ended in: its final point polished with L-BFGS-B inside the box.
+
+    None if the final point is outside the box (the run did not end at an interior minimum)."""
     from scipy.optimize import minimize
 
     lo, hi = fn.bounds
-    inside = np.flatnonzero(np.all((path >= lo) & (path <= hi), axis=1))
-    if inside.size == 0:
+    x0 = path[-1]
+    f0 = float(losses[-1])
+    if not (np.all(x0 >= lo) and np.all(x0 <= hi)):
         return None, None
-    x0 = path[inside[-1]]
-    f0 = float(losses[inside[-1]])
     with np.errstate(all="ignore"):
         res = minimize(fn.f, x0, jac=fn.grad, method="L-BFGS-B", bounds=list(zip(lo, hi)),
                        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 2000})

@@ -1,0 +1,191 @@
+"""``qlabref explain``: the paper's Figure 1 from real numbers.
+
+Runs an optimizer (QLABGrad by default) up to the chosen step k on a 2-D test function or on a small
+model with random data, then at θ_{k−1} (the point step k starts from) evaluates the true
+
+    g(α) = L(θ_{k−1} − α ∇L(θ_{k−1}))                                   (Eq. 3)
+
+on a grid of α and draws it against the quadratic QLABGrad fitted at that step,
+
+    g₁(α) = a₀ + a₁α + a₂α²,  a₀ = L (Eq. 6), a₁ = −‖∇L‖² (Eq. 7), a₂ from the probe g(ᾱ) (Eq. 9),
+
+marking ᾱ (the pre-learning rate), α* = −a₁/(2a₂) (Eq. 5/10) and the point where the step lands,
+(α_k, g(α_k)). The numbers are printed too. For an optimizer other than QLABGrad, the same quadratic
+is fitted with ᾱ = that optimizer's learning rate (what QLAB would have done from the same point);
+the landing point is drawn for SGD only (Adam and others do not step along −∇L).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+NAME = "explain"
+HELP = "plot the true g(α) against QLABGrad's fitted quadratic at one step (the paper's Figure 1)"
+DESCRIPTION = __doc__
+
+
+def add_arguments(parser):
+    from .. import functions as F
+
+    parser.add_argument("--function", default="booth", help=f"2-D test function ({', '.join(F.names())}; default booth)")
+    parser.add_argument("--model", default=None, choices=["mlp"],
+                        help="explain a step of a model instead: 'mlp' = qr.models.mlp() on one random minibatch")
+    parser.add_argument("--step", type=int, default=3, help="which step to explain, counted from 1 (default 3)")
+    parser.add_argument("--optimizer", default="qlabgrad", help="optimizer that makes the run (default qlabgrad)")
+    parser.add_argument("--start", type=float, nargs=2, default=None, metavar=("X", "Y"),
+                        help="start point on the 2-D function (default: the function's Figure-2 start)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate, for optimizers that take one")
+    parser.add_argument("--alpha0", type=float, default=None, help="QLABGrad's FindPLR start value (default: the optimizer's)")
+    parser.add_argument("--batch", type=int, default=64, help="--model: minibatch size of the random data (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="--model: seed of the weights and the random data (default 0)")
+    parser.add_argument("--points", type=int, default=201, help="number of α values on the grid (default 201)")
+    parser.add_argument("--out", default="qlabref-out/explain", help="output folder (default ./qlabref-out/explain)")
+
+
+def explain_step(params, closure, optimizer="qlabgrad", step=1, points=201, **opt_kw):
+    """Run ``optimizer`` on ``params`` with the forward-only ``closure`` for ``step`` steps and return
+    the numbers of step ``step``: a dict with theta (list of arrays θ_{k−1}), grad, loss, record (the
+    optimizer's ``last_step``), a0, a1, a2, pre_lr, alpha_star, lr, fallback, alphas and g (the true
+    g(α) on the grid), g_lr (g at the landing α), and along_gradient (False for optimizers whose
+    step is not along −∇L)."""
+    from .. import optim
+    from ..autograd import no_grad, no_state_update
+
+    if step < 1:
+        raise ValueError(f"explain: --step counts from 1, got {step}")
+    params = list(params)
+    opt = optim.get(optimizer, params, **opt_kw)
+    theta = None
+    for _ in range(step):
+        theta = [p.data.copy() for p in params]
+        opt.step(closure)
+    record = dict(opt.last_step)
+    after = [p.data.copy() for p in params]
+
+    # the gradient at θ_{k−1}, recomputed (the optimizer may have reused or cleared .grad)
+    for p, t in zip(params, theta):
+        p.data[...] = t
+        p.grad = None
+    loss_t = closure()
+    loss_t.backward()
+    grads = [np.zeros_like(p.data) if p.grad is None else p.grad.copy() for p in params]
+    loss = float(loss_t.data)
+    gsq = float(sum(np.sum(g.astype(np.float64) ** 2) for g in grads))
+
+    def g_of(alpha):
+        for p, t, g in zip(params, theta, grads):
+            p.data[...] = t - alpha * g
+        with no_grad(), no_state_update():
+            v = float(closure().data)
+        return v
+
+    name = optimizer.lower()
+    along = name in ("qlabgrad", "sgd")
+    if name == "qlabgrad":
+        a0, a1, a2 = (float(record[k]) for k in ("a0", "a1", "a2"))
+        pre_lr = float(record["pre_lr"])
+        alpha_star = float(record["alpha_star"]) if record.get("alpha_star") is not None else math.nan
+        lr = float(record["lr"])
+        fallback = bool(record.get("fallback", False))
+    else:
+        # what QLAB would fit from this point with ᾱ = this optimizer's learning rate (Eq. 6, 7, 9, 5)
+        pre_lr = float(record.get("lr", opt_kw.get("lr", 0.01)))
+        a0, a1 = loss, -gsq
+        a2 = (g_of(pre_lr) - a0 - a1 * pre_lr) / pre_lr**2
+        alpha_star = -a1 / (2 * a2) if a2 > 0 else math.nan
+        lr = pre_lr
+        fallback = False
+    marks = [x for x in (pre_lr, alpha_star, lr) if x is not None and math.isfinite(x) and x > 0]
+    top = 1.6 * max(marks) if marks else 1.0
+    alphas = np.unique(np.concatenate([np.linspace(0.0, top, max(int(points), 3)), marks]))
+    with np.errstate(all="ignore"):
+        g = np.array([g_of(a) for a in alphas])
+        g_lr = g_of(lr)
+    for p, t in zip(params, after):  # leave the parameters where the run left them
+        p.data[...] = t
+    return {
+        "theta": theta, "grad": grads, "loss": loss, "grad_sq_norm": gsq, "record": record,
+        "a0": a0, "a1": a1, "a2": a2, "pre_lr": pre_lr, "alpha_star": alpha_star, "lr": lr,
+        "fallback": fallback, "alphas": alphas, "g": g, "g_lr": g_lr, "along_gradient": along,
+        "optimizer": name, "step": step,
+    }
+
+
+def _model_problem(args):
+    import qlabref as qr
+
+    try:
+        models = qr.models
+        make = models.mlp
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--model mlp needs qr.models.mlp, which this build does not provide ({e})") from None
+    rng = np.random.default_rng(args.seed)
+    model = make(seed=args.seed, dtype=np.float64)
+    X = rng.standard_normal((args.batch, 784))
+    y = rng.integers(0, 10, size=args.batch)
+    xt = qr.tensor(X)
+
+    def closure():
+        return qr.cross_entropy(model(xt), y)
+
+    return list(model.parameters()), closure, f"MLP 784-1000-1000-10 (qr.models.mlp), one random minibatch of {args.batch}"
+
+
+def run(args) -> int:
+    import qlabref as qr
+
+    from .. import plots
+
+    opt_kw = {}
+    if args.lr is not None:
+        opt_kw["lr"] = args.lr
+    if args.alpha0 is not None:
+        opt_kw["alpha0"] = args.alpha0
+    try:
+        if args.optimizer.lower() not in qr.optim.names():
+            raise ValueError(f"unknown optimizer '{args.optimizer}'; qr.optim has: {', '.join(qr.optim.names()) or '(none registered)'}")
+        if args.model:
+            params, closure, what = _model_problem(args)
+            tag = f"model_{args.model}"
+        else:
+            fn = qr.functions.get(args.function)
+            start = np.array(fn.default_start if args.start is None else args.start, dtype=np.float64)
+            p = qr.tensor(start.copy(), requires_grad=True)
+            params, closure = [p], (lambda: fn.f(p))
+            what = f"{fn.name} from ({start[0]:g}, {start[1]:g})"
+            tag = fn.name
+        if args.optimizer.lower() != "qlabgrad" and "lr" not in opt_kw and args.optimizer.lower() in ("sgd", "adam"):
+            opt_kw["lr"] = 0.01
+        res = explain_step(params, closure, args.optimizer, args.step, args.points, **opt_kw)
+    except ValueError as e:
+        print(f"qlabref explain: {e}", file=sys.stderr)
+        return 2
+
+    r = res
+    print(f"qlabref explain: step {r['step']} of {r['optimizer']} on {what}")
+    if not args.model:
+        th = r["theta"][0]
+        print(f"  θ_{r['step'] - 1} = ({th[0]:.10g}, {th[1]:.10g})")
+    print(f"  a0 = L(θ)            = {r['a0']:.10g}   (Eq. 6)")
+    print(f"  a1 = −‖∇L‖²          = {r['a1']:.10g}   (Eq. 7)")
+    print(f"  ᾱ  (pre-learning rate) = {r['pre_lr']:.6g}")
+    print(f"  g(ᾱ) (probe)         = {r['a0'] + r['a1'] * r['pre_lr'] + r['a2'] * r['pre_lr'] ** 2:.10g}   (Eq. 8)")
+    print(f"  a2                   = {r['a2']:.10g}   (Eq. 9)")
+    print(f"  α* = −a1/(2 a2)      = {r['alpha_star']:.6g}   (Eq. 5, 10)" + ("   a2 ≤ 0: fallback to ᾱ" if r["fallback"] else ""))
+    print(f"  step α_k             = {r['lr']:.6g}")
+    print(f"  g(α_k) (new loss)    = {r['g_lr']:.10g}   (decrease {r['a0'] - r['g_lr']:.6g})")
+    i = int(np.nanargmin(r["g"]))
+    print(f"  true min of g on the grid: α = {r['alphas'][i]:.6g}, g = {r['g'][i]:.10g}")
+    title = f"{what}: step {r['step']} of {r['optimizer']}"
+    fig = plots.quadratic_fit_figure(r["alphas"], r["g"], r["a0"], r["a1"], r["a2"], r["pre_lr"], r["alpha_star"],
+                                     r["lr"] if r["along_gradient"] else math.nan, title=title, fallback=r["fallback"],
+                                     g_lr=r["g_lr"] if r["along_gradient"] else None)
+    if not r["along_gradient"]:
+        print(f"  note: {r['optimizer']} does not step along −∇L, so its landing point is not on this curve; the "
+              f"quadratic shown is QLAB's fit with ᾱ = its learning rate")
+    path = plots.save(fig, Path(args.out) / f"explain_{tag}_{r['optimizer']}_step{r['step']}.png")
+    print(f"Wrote {path}")
+    return 0

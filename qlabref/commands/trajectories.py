@@ -1,0 +1,405 @@
+"""``qlabref trajectories``: QLABGrad, SGD and Adam on the 2-D test functions (the paper's Figure 2),
+with a sweep over start points and learning rates, contour figures and an iteration table.
+
+Protocol (printed and written with the results, so a reader can redo it):
+
+- start points: each function's ``default_start`` first, then seeded uniform draws from the domain
+  box shrunk by 10% per side (``qr.trajectory.sample_starts``);
+- QLABGrad: FindPLR once at the first step (``findplr="once"``) from the implementation's default
+  ``alpha0`` (or ``--alpha0``), no other setting;
+- SGD, Adam (and any optimizer named with ``--optimizers`` that takes ``lr``): every learning rate of
+  a small per-function grid (``--lrs`` to change it); the best one is the one with the most runs
+  reaching the optimum, ties broken by the lower median count;
+- "reached the optimum": the first iteration t with θ_t inside the domain and f(θ_t) − f_ref < tol
+  (tol = 1e-6), f_ref = value of the nearest known minimum; on Eggholder f_ref is the local minimum
+  the run ended in (its last point polished by L-BFGS-B in the box), because its global minimum sits
+  on the boundary with a nonzero slope (see ``qr.trajectory`` for the exact rules);
+- every optimizer gets the same step budget per function (``--steps``); runs stop early at the hit
+  (known targets) or at a stationary point (‖∇f‖ < 1e-10).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+NAME = "trajectories"
+HELP = "QLABGrad vs SGD vs Adam on 2-D test functions: contour figures and an iteration table"
+DESCRIPTION = __doc__
+
+#: the paper's Figure 2 caption: iterations to reach the optimum
+PAPER_COUNTS = {
+    "booth": {"qlabgrad": 50, "sgd": 200, "adam": 5000},
+    "eggholder": {"qlabgrad": 500, "sgd": 1500, "adam": 10000},
+    "himmelblau": {"qlabgrad": 90, "sgd": 220, "adam": 5000},
+}
+
+#: learning-rate grids per function (the scales differ: Booth's 2/M is 0.11, Eggholder's box is 1024 wide)
+DEFAULT_LRS = {
+    "booth": {"sgd": (0.1, 0.03, 0.01), "adam": (1.0, 0.3, 0.1)},
+    "himmelblau": {"sgd": (0.03, 0.01, 0.003), "adam": (0.3, 0.1, 0.03)},
+    "eggholder": {"sgd": (3.0, 1.0, 0.3), "adam": (10.0, 3.0, 1.0)},
+    "rosenbrock": {"sgd": (1e-3, 3e-4, 1e-4), "adam": (0.1, 0.03, 0.01)},
+    "beale": {"sgd": (0.01, 0.003, 0.001), "adam": (0.1, 0.03, 0.01)},
+}
+#: step budget per function (the same for every optimizer on that function)
+DEFAULT_STEPS = {"booth": 5000, "himmelblau": 5000, "eggholder": 5000, "rosenbrock": 20000, "beale": 20000}
+DEFAULT_OPTIMIZERS = ("qlabgrad", "sgd", "adam")
+DEFAULT_FUNCTIONS = ("booth", "eggholder", "himmelblau")
+GTOL = 1e-10
+
+
+def add_arguments(parser):
+    from .. import functions as F
+
+    parser.add_argument("--functions", nargs="+", default=list(DEFAULT_FUNCTIONS), metavar="NAME",
+                        help=f"test functions (default: the paper's three; known: {', '.join(F.names())})")
+    parser.add_argument("--optimizers", nargs="+", default=[], metavar="NAME",
+                        help="extra optimizers from qr.optim to add to qlabgrad, sgd and adam")
+    parser.add_argument("--starts", type=int, default=10, help="start points per function (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random start points (default 0)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="step budget for every run (default per function: "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ")")
+    parser.add_argument("--lrs", action="append", default=[], metavar="[OPT=]LR,LR,...",
+                        help="learning-rate grid: 'sgd=0.1,0.01' for one optimizer, '0.1,0.01' for all "
+                        "that take lr (repeatable; default: a per-function grid, printed)")
+    parser.add_argument("--alpha0", type=float, default=None, help="QLABGrad's FindPLR start value (default: the optimizer's)")
+    parser.add_argument("--tol", type=float, default=1e-6, help="tolerance on f − f_ref (default 1e-6)")
+    parser.add_argument("--target", choices=["auto", "nearest", "global", "local"], default="auto",
+                        help="what 'reached' refers to (default auto: nearest known minimum; local minimum on Eggholder)")
+    parser.add_argument("--project", action="store_true", help="project every iterate onto the domain box (projected gradient)")
+    parser.add_argument("--animate", action="store_true", help="also write an animated GIF per function")
+    parser.add_argument("--out", default="qlabref-out/trajectories", help="output folder (default ./qlabref-out/trajectories)")
+
+
+# --------------------------------------------------------------------------------- progress
+class Progress:
+    """A one-line progress bar on stderr (a line per finished block when stderr is not a terminal)."""
+
+    def __init__(self, total, stream=None, width=28):
+        self.total = max(int(total), 1)
+        self.done = 0
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.perf_counter()
+
+    def update(self, n, what):
+        self.done += n
+        frac = min(self.done / self.total, 1.0)
+        bar = "#" * int(frac * self.width) + "-" * (self.width - int(frac * self.width))
+        msg = f"[{bar}] {self.done}/{self.total} runs  {time.perf_counter() - self.t0:5.1f}s  {what}"
+        if self.tty:
+            self.stream.write("\r" + msg.ljust(100)[:100])
+        self.stream.flush()
+
+    def block_done(self, what):
+        if not self.tty:
+            self.stream.write(f"  {what}: done ({self.done}/{self.total} runs, {time.perf_counter() - self.t0:.1f}s)\n")
+            self.stream.flush()
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------------- the comparison
+@dataclass
+class Comparison:
+    """Sweeps per function and optimizer, plus the protocol that produced them."""
+
+    sweeps: dict  # function -> {optimizer: SweepResult}
+    protocol: dict
+    seconds: float = 0.0
+    notes: list = field(default_factory=list)
+
+
+def parse_lrs(specs, optimizers):
+    """``["sgd=0.1,0.01", "0.3"]`` → {"sgd": (0.1, 0.01), other lr-optimizers: (0.3,)}."""
+    out = {}
+    for spec in specs:
+        name, _, values = spec.rpartition("=")
+        try:
+            lrs = tuple(float(v) for v in values.split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"--lrs: cannot read learning rates from '{spec}' (expected e.g. 'sgd=0.1,0.01' or '0.1,0.01')") from None
+        if not lrs or any(not lr > 0 for lr in lrs):
+            raise ValueError(f"--lrs: need positive learning rates in '{spec}'")
+        if name:
+            if name.lower() not in optimizers:
+                raise ValueError(f"--lrs: '{name}' is not one of the optimizers being run ({', '.join(optimizers)})")
+            out[name.lower()] = lrs
+        else:
+            for opt in optimizers:
+                out.setdefault(opt, lrs)
+    return out
+
+
+def _takes_lr(name):
+    from ..optim import registry
+
+    cls = registry.OPTIMIZERS[name]
+    try:
+        return "lr" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _settings_for(fn_name, opt, lrs_override, alpha0):
+    if opt == "qlabgrad":
+        kw = {"findplr": "once"}
+        if alpha0 is not None:
+            kw["alpha0"] = alpha0
+        return [kw]
+    if not _takes_lr(opt):
+        return [{}]
+    grid = lrs_override.get(opt)
+    if grid is None:
+        grids = DEFAULT_LRS.get(fn_name, DEFAULT_LRS["booth"])
+        grid = grids.get(opt, grids["sgd"] if opt != "adam" else grids["adam"])
+    return [{"lr": float(lr)} for lr in grid]
+
+
+def check_optimizers(optimizers):
+    from .. import optim
+
+    known = optim.names()
+    missing = [o for o in optimizers if o not in known]
+    if missing:
+        raise ValueError(f"unknown optimizer(s) {', '.join(missing)}; qr.optim has: {', '.join(known) or '(none registered)'}")
+
+
+def compare(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, n_starts=10, seed=0, steps=None,
+            lrs=None, alpha0=None, tol=1e-6, target="auto", project=False, progress=True) -> Comparison:
+    """Run every optimizer from every start on every function over its settings grid."""
+    from .. import functions as F
+    from ..trajectory import sample_starts, sweep
+
+    fns = [F.get(f) for f in functions]
+    optimizers = [o.lower() for o in optimizers]
+    check_optimizers(optimizers)
+    lrs = parse_lrs(lrs or [], optimizers) if not isinstance(lrs, dict) else lrs
+    plan = []
+    for fn in fns:
+        starts = sample_starts(fn, n_starts, seed=seed)
+        budget = int(steps) if steps is not None else DEFAULT_STEPS.get(fn.name, 5000)
+        tgt = target if target != "auto" else ("local" if fn.name == "eggholder" else "nearest")
+        for opt in optimizers:
+            plan.append((fn, opt, starts, budget, tgt, _settings_for(fn.name, opt, lrs, alpha0)))
+    total = sum(len(p[2]) * len(p[5]) for p in plan)
+    bar = Progress(total) if progress else None
+    t0 = time.perf_counter()
+    sweeps = {fn.name: {} for fn in fns}
+    for fn, opt, starts, budget, tgt, settings in plan:
+        what = f"{fn.name} / {opt}"
+
+        def cb(done, _total, what=what):
+            if bar:
+                bar.update(1, what)
+
+        sweeps[fn.name][opt] = sweep(fn, opt, starts, budget, settings, progress=cb, tol=tol, target=tgt,
+                                     project=project, stop_at_hit=(tgt != "local"), gtol=GTOL)
+        if bar:
+            bar.block_done(what)
+    if bar:
+        bar.close()
+    protocol = {
+        "functions": [fn.name for fn in fns],
+        "optimizers": optimizers,
+        "n_starts": n_starts,
+        "seed": seed,
+        "starts": {fn.name: sweeps[fn.name][optimizers[0]].starts.tolist() for fn in fns},
+        "steps": {fn.name: sweeps[fn.name][optimizers[0]].steps for fn in fns},
+        "settings": {fn.name: {o: sweeps[fn.name][o].settings for o in optimizers} for fn in fns},
+        "tol": tol,
+        "target": {fn.name: (target if target != "auto" else ("local" if fn.name == "eggholder" else "nearest")) for fn in fns},
+        "project": project,
+        "gtol": GTOL,
+    }
+    return Comparison(sweeps, protocol, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------- tables
+def _fmt_count(st):
+    if st["median"] is None:
+        return "—"
+    med = f"{st['median']:g}"
+    return f"{med} [{st['q1']:g}–{st['q3']:g}] ({st['min']}–{st['max']})"
+
+
+def _fmt_setting(res_setting, run):
+    if "lr" in res_setting:
+        return f"lr={res_setting['lr']:g}"
+    if run is not None and "pre_lr" in run.resolved:
+        a0 = run.opt_defaults.get("alpha0")
+        s = f"FindPLR α0={a0:g} → ᾱ={run.resolved['pre_lr']:.3g}" if a0 is not None else f"ᾱ={run.resolved['pre_lr']:.3g}"
+        return s
+    return "defaults"
+
+
+def summary_rows(comp, all_settings=False):
+    """Rows (dicts) of the iteration table; with ``all_settings`` one row per learning rate tried."""
+    rows = []
+    for fname, by_opt in comp.sweeps.items():
+        for opt, sw in by_opt.items():
+            idxs = range(len(sw.settings)) if all_settings else [sw.best]
+            for i in idxs:
+                runs = sw.runs[i]
+                st = sw.stats(i)
+                first = runs[0] if runs else None
+                pre = sorted({round(r.resolved["pre_lr"], 12) for r in runs if "pre_lr" in r.resolved})
+                setting = _fmt_setting(sw.settings[i], first)
+                if len(pre) > 1:
+                    setting = f"FindPLR α0={first.opt_defaults.get('alpha0', float('nan')):g} → ᾱ∈[{pre[0]:.3g}, {pre[-1]:.3g}]"
+                rows.append({
+                    "function": fname,
+                    "optimizer": opt,
+                    "setting": setting,
+                    "best": i == sw.best,
+                    "reached": f"{st['reached']}/{st['n']}",
+                    "count": _fmt_count(st),
+                    "median": st["median"],
+                    "default_start": first.hit if first is not None else None,
+                    "left_domain": sum(r.left_domain is not None for r in runs),
+                    "nonfinite": sum(r.nonfinite is not None for r in runs),
+                    "final_f": float(np.median([r.final_loss for r in runs])) if runs else None,
+                    "paper": PAPER_COUNTS.get(fname, {}).get(opt),
+                    "budget": sw.steps,
+                })
+    return rows
+
+
+def markdown_table(rows, with_paper=True):
+    head = ["function", "optimizer", "setting", "reached", "iterations: median [IQR] (min–max)",
+            "default start", "left domain", "median final f"]
+    if with_paper:
+        head.append("paper")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        cells = [r["function"], r["optimizer"], r["setting"], r["reached"], r["count"],
+                 "—" if r["default_start"] is None else str(r["default_start"]),
+                 str(r["left_domain"]) + (f" ({r['nonfinite']} non-finite)" if r["nonfinite"] else ""),
+                 f"{r['final_f']:.6g}" if r["final_f"] is not None else "—"]
+        if with_paper:
+            cells.append("—" if r["paper"] is None else str(r["paper"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def protocol_text(comp):
+    from .. import functions as F
+
+    p = comp.protocol
+    lines = ["Protocol:"]
+    for fname in p["functions"]:
+        fn = F.get(fname)
+        starts = ", ".join(f"({x:.4g}, {y:.4g})" for x, y in p["starts"][fname])
+        tgt = p["target"][fname]
+        tdesc = {"nearest": "f − f(nearest known minimum)", "global": "f − f_min (global)",
+                 "local": "f − f(local minimum the run ended in, polished by L-BFGS-B)"}.get(tgt, str(tgt))
+        lines.append(f"- {fname}: domain {fn.domain[0]}×{fn.domain[1]}, budget {p['steps'][fname]} steps, "
+                     f"reached = first in-domain iterate with {tdesc} < {p['tol']:g}; starts (first = Figure-2 start): {starts}")
+        for opt, settings in p["settings"][fname].items():
+            lines.append(f"  - {opt}: " + ("; ".join(", ".join(f"{k}={v}" for k, v in s.items()) or "defaults" for s in settings)))
+    lines.append(f"- runs stop early at the hit (known targets) or when ‖∇f‖ < {p['gtol']:g}; "
+                 f"projection onto the box: {'on' if p['project'] else 'off'}; start seed {p['seed']}.")
+    lines.append("- best setting per optimizer: most runs reaching the optimum, then the lowest median count. "
+                 "IQR = 25th–75th percentile over the runs that reached it; 'left domain' = runs with an iterate outside the box.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- outputs
+def write_outputs(comp, out, animate=False, title_suffix=""):
+    """Figures (per function, a 3-panel overview, loss/lr curves), the Markdown table and a JSON
+    record. Returns the list of paths written."""
+    from .. import plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    first_runs = {}
+    for fname, by_opt in comp.sweeps.items():
+        runs = [sw.best_runs()[0] for sw in by_opt.values() if sw.best_runs()]
+        first_runs[fname] = runs
+        from .. import functions as F
+
+        fn = F.get(fname)
+        fig = plots.contour_figure(fn, runs, title=f"{fname.capitalize()}: {fn.formula}\n"
+                                   f"start {tuple(float(v) for v in runs[0].start)}, best setting of each optimizer{title_suffix}")
+        written.append(plots.save(fig, out / f"{fname}.png"))
+        written.append(plots.save(plots.curves_figure(runs, title=f"{fname}: gap to the optimum and learning rate (Figure-2 start)"),
+                                  out / f"{fname}_curves.png"))
+        all_runs = [r for sw in by_opt.values() for r in sw.best_runs()]
+        fig = plots.contour_figure(fn, [], title=f"{fname.capitalize()}: all {len(all_runs)} runs of the sweep (best settings)")
+        _sweep_lines(fig.axes[0], by_opt)
+        written.append(plots.save(fig, out / f"{fname}_sweep.png"))
+        if animate:
+            written.append(plots.animate_trajectories(fn, runs, out / f"{fname}.gif"))
+    written.append(plots.save(plots.trajectory_grid(first_runs), out / "trajectories.png"))
+    rows = summary_rows(comp)
+    md = ["# Iterations to reach the optimum: qlabref vs the paper's Figure 2", "",
+          markdown_table(rows), "", protocol_text(comp), "",
+          "## Every setting tried", "", markdown_table(summary_rows(comp, all_settings=True), with_paper=False), ""]
+    table_path = out / "table.md"
+    table_path.write_text("\n".join(md), encoding="utf-8")
+    written.append(str(table_path))
+    record = {"protocol": comp.protocol, "rows": summary_rows(comp, all_settings=True), "seconds": comp.seconds}
+    json_path = out / "results.json"
+    json_path.write_text(json.dumps(record, indent=1, default=_json_default), encoding="utf-8")
+    written.append(str(json_path))
+    return written
+
+
+def _sweep_lines(ax, by_opt):
+    from .. import plots
+
+    for i, (opt, sw) in enumerate(by_opt.items()):
+        color = plots._color(opt, i)
+        for j, r in enumerate(sw.best_runs()):
+            cut = len(r.path) if r.left_domain is None else r.left_domain + 1
+            ax.plot(r.path[:cut, 0], r.path[:cut, 1], "-", color=color, lw=1.0, alpha=0.8,
+                    label=f"{opt} {_fmt_setting(sw.best_settings, r)} ({sw.stats()['reached']}/{len(sw.best_runs())} reached)" if j == 0 else None)
+        ax.scatter(sw.starts[:, 0], sw.starts[:, 1], s=25, c="#1f3bff", edgecolors="white", zorder=8,
+                   label="start points" if i == 0 else None)
+    plots._legend_below(ax)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def run(args) -> int:
+    optimizers = list(DEFAULT_OPTIMIZERS) + [o.lower() for o in args.optimizers if o.lower() not in DEFAULT_OPTIMIZERS]
+    try:
+        comp = compare(args.functions, optimizers, n_starts=args.starts, seed=args.seed, steps=args.steps,
+                       lrs=args.lrs, alpha0=args.alpha0, tol=args.tol, target=args.target, project=args.project)
+    except ValueError as e:
+        print(f"qlabref trajectories: {e}", file=sys.stderr)
+        return 2
+    return report(comp, args.out, animate=args.animate)
+
+
+def report(comp, out, animate=False):
+    rows = summary_rows(comp)
+    print(markdown_table(rows))
+    print()
+    print(protocol_text(comp))
+    written = write_outputs(comp, out, animate=animate)
+    print()
+    print(f"{sum(len(sw.settings) * len(sw.starts) for by in comp.sweeps.values() for sw in by.values())} runs in {comp.seconds:.1f} s. Wrote:")
+    for w in written:
+        print(f"  {w}")
+    return 0
