@@ -40,6 +40,7 @@ gradient method; the optimizer's internal state and QLABGrad's probe are not pro
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -417,3 +418,16 @@ def sweep(fn, optimizer, starts, steps, settings=None, progress=None, **traj_kw)
     best = min(range(len(settings)), key=lambda i: keys[i])
     name = runs[best][0].optimizer if runs[best] else str(optimizer)
     return SweepResult(fn.name, name, starts, settings, runs, best, int(steps))
+
+
+# ------------------------------------------------------------------------------------ qr.trajectory
+# ``qr.trajectory`` is this module's ``trajectory`` function, but importing the submodule
+# (``import qlabref.trajectory`` / ``from qlabref.trajectory import sweep``) makes Python bind the
+# *module* to ``qlabref.trajectory``. Making the module callable (same signature) keeps
+# ``qr.trajectory(fn, optimizer, start, steps, ...)`` working whichever import came first.
+class _CallableModule(sys.modules[__name__].__class__):
+    def __call__(self, *args, **kwargs):
+        return trajectory(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
