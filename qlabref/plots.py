@@ -163,11 +163,13 @@ def _draw_paths(ax, results, markers=True):
     return lines
 
 
-def contour_figure(fn, results=(), title=None, n_levels=30, xlim=None, ylim=None, figsize=(8.5, 6.8), ax=None):
+def contour_figure(fn, results=(), title=None, n_levels=30, xlim=None, ylim=None, figsize=(8.5, 6.8), ax=None,
+                   zoom=True):
     """Contour plot of ``fn`` with one line per trajectory result (``qr.trajectory`` output).
 
     Known minima are white stars, the start point (of the first result) a blue dot, each path's end an
-    X in the path's colour. ``xlim``/``ylim`` zoom in (default: the domain). Returns the Figure.
+    X in the path's colour. ``xlim``/``ylim`` zoom in (default: the domain); with ``zoom`` an inset
+    magnifies the paths when they all stay within 20% of the domain width. Returns the Figure.
     """
     fn = _functions.get(fn)
     plt = _plt()
@@ -187,7 +189,43 @@ def contour_figure(fn, results=(), title=None, n_levels=30, xlim=None, ylim=None
         title = f"{fn.name.capitalize()}: {fn.formula}"
     ax.set_title(title, fontsize=10)
     _legend_below(ax)
+    if zoom and results and xlim is None and ylim is None:
+        _zoom_inset(ax, fn, results)
     return fig
+
+
+def _zoom_inset(ax, fn, results, threshold=0.2):
+    """When every path stays in a small part of the domain (Eggholder's box is 1024 wide), add an
+    inset that zooms on the paths, so the steps can be seen."""
+    lo, hi = fn.bounds
+    pts = np.concatenate([r.path[np.all((r.path >= lo) & (r.path <= hi), axis=1)] for r in results])
+    if len(pts) < 2:
+        return None
+    a, b = pts.min(axis=0), pts.max(axis=0)
+    span = float(np.max(b - a))
+    width = float(np.max(hi - lo))
+    if span > threshold * width:
+        return None
+    half = max(span * 0.6, 0.01 * width)
+    c = (a + b) / 2
+    # the corner of the axes farthest from the paths
+    frac = (c - lo) / (hi - lo)
+    x0 = 0.1 if frac[0] > 0.5 else 0.58
+    y0 = 0.1 if frac[1] > 0.5 else 0.56
+    inset = ax.inset_axes([x0, y0, 0.36, 0.36])
+    inset.set_zorder(20)
+    _draw_surface(inset, fn, n_levels=20, xlim=(c[0] - half, c[0] + half), ylim=(c[1] - half, c[1] + half), colorbar=False)
+    for i, r in enumerate(results):
+        inset.plot(r.path[:, 0], r.path[:, 1], "-o", color=_color(r.optimizer, i), lw=1.2, markersize=2)
+        inset.scatter([r.start[0]], [r.start[1]], s=40, c="#1f3bff", edgecolors="white", zorder=8)
+    inset.set_xlim(c[0] - half, c[0] + half)
+    inset.set_ylim(c[1] - half, c[1] + half)
+    inset.set_xlabel("x (zoom)", fontsize=7)
+    inset.set_ylabel("y (zoom)", fontsize=7)
+    inset.set_title("zoom on the paths", fontsize=7)
+    inset.tick_params(labelsize=6)
+    ax.indicate_inset_zoom(inset, edgecolor="white")
+    return inset
 
 
 def _legend_below(ax):

@@ -362,10 +362,14 @@ def _sweep_lines(ax, by_opt):
 
     for i, (opt, sw) in enumerate(by_opt.items()):
         color = plots._color(opt, i)
-        for j, r in enumerate(sw.best_runs()):
+        runs = sw.best_runs()
+        pre = sorted({r.resolved["pre_lr"] for r in runs if "pre_lr" in r.resolved})
+        setting = _fmt_setting(sw.best_settings, runs[0]) if len(pre) <= 1 else f"ᾱ∈[{pre[0]:.3g}, {pre[-1]:.3g}]"
+        left = sum(r.left_domain is not None for r in runs)
+        for j, r in enumerate(runs):
             cut = len(r.path) if r.left_domain is None else r.left_domain + 1
             ax.plot(r.path[:cut, 0], r.path[:cut, 1], "-", color=color, lw=1.0, alpha=0.8,
-                    label=f"{opt} {_fmt_setting(sw.best_settings, r)} ({sw.stats()['reached']}/{len(sw.best_runs())} reached)" if j == 0 else None)
+                    label=f"{opt} {setting} ({sw.stats()['reached']}/{len(runs)} reached, {left} left the domain)" if j == 0 else None)
         ax.scatter(sw.starts[:, 0], sw.starts[:, 1], s=25, c="#1f3bff", edgecolors="white", zorder=8,
                    label="start points" if i == 0 else None)
     plots._legend_below(ax)
