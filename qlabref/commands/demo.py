@@ -14,7 +14,12 @@ from pathlib import Path
 
 NAME = "demo"
 HELP = "QLABGrad vs SGD vs Adam on Booth, Eggholder, Himmelblau: figures and iteration table (< 1 min)"
-DESCRIPTION = __doc__
+DESCRIPTION = (
+    "QLABGrad (with FindPLR), SGD and Adam on the paper's Booth, Eggholder and Himmelblau: a modest sweep over "
+    "start points and SGD/Adam learning rates; writes the contour figures (the paper's Figure 2), loss and "
+    "learning-rate curves, QLABGrad's quadratic fit at one step (Figure 1) and the iteration table next to the "
+    "paper's numbers. `qlabref trajectories` runs the same comparison with more starts and every option."
+)
 
 DEMO_STARTS = 5
 DEMO_STEPS = 2000

@@ -24,7 +24,11 @@ import numpy as np
 
 NAME = "explain"
 HELP = "plot the true g(α) against QLABGrad's fitted quadratic at one step (the paper's Figure 1)"
-DESCRIPTION = __doc__
+DESCRIPTION = (
+    "Run an optimizer (QLABGrad by default) to step k on a 2-D test function or a model, then plot the true "
+    "g(α) = L(θ − α∇L) against the quadratic g1(α) = a0 + a1 α + a2 α² that QLABGrad fitted at that step "
+    "(Eq. 4), marking ᾱ, α* and where the step lands (the paper's Figure 1), and print the numbers."
+)
 
 
 def add_arguments(parser):
@@ -124,9 +128,21 @@ def _model_problem(args):
         raise ValueError(f"--model mlp needs qr.models.mlp, which this build does not provide ({e})") from None
     rng = np.random.default_rng(args.seed)
     model = make(seed=args.seed, dtype=np.float64)
-    X = rng.standard_normal((args.batch, 784))
     y = rng.integers(0, 10, size=args.batch)
-    xt = qr.tensor(X)
+    X = rng.standard_normal((args.batch, 1, 28, 28))
+    xt = None
+    errors = []
+    for shape in ((args.batch, 784), (args.batch, 1, 28, 28)):  # flat or image-shaped input
+        try:
+            with qr.no_grad():
+                model(qr.tensor(X.reshape(shape)))
+        except Exception as e:  # noqa: BLE001 - try the other input layout, report both if neither works
+            errors.append(f"input {shape}: {e}")
+            continue
+        xt = qr.tensor(X.reshape(shape))
+        break
+    if xt is None:
+        raise ValueError("--model mlp: qr.models.mlp() accepted neither input layout (" + "; ".join(errors) + ")")
 
     def closure():
         return qr.cross_entropy(model(xt), y)
