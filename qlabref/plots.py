@@ -150,7 +150,9 @@ def _draw_paths(ax, results, markers=True):
         ends_inside = r.nonfinite is None and r.in_domain_at_end
         cut = len(r.path) if (r.left_domain is None or ends_inside) else r.left_domain + 1
         head = r.path[:cut]
-        (line,) = ax.plot(head[:, 0], head[:, 1], "-", color=color, lw=1.6, alpha=0.95, zorder=5,
+        top = r.optimizer == "qlabgrad"  # the subject of the paper is drawn on top
+        (line,) = ax.plot(head[:, 0], head[:, 1], "-", color=color, lw=2.0 if top else 1.6, alpha=0.95,
+                          zorder=5.5 if top else 5,
                           marker="o" if markers else None, markersize=2.5, markevery=max(1, len(head) // 60),
                           label=_run_label(r))
         if cut < len(r.path):
