@@ -6,3 +6,13 @@ from .optimizer import NonFiniteLossError, Optimizer
 from .registry import get, names, register_optimizer
 
 __all__ = ["Optimizer", "NonFiniteLossError", "get", "names", "register_optimizer"]
+
+# Baselines of the paper's Table 1 (issue 5): torch.optim methods, HGD, L4, LQA, schedules
+from . import functional, lr_scheduler
+from .baselines import SGD, Adadelta, Adagrad, Adam, RMSprop
+from .hypergrad import HGD
+from .l4 import L4GD, L4Adam, L4Mom
+from .lqa import LQA
+
+__all__ += ["functional", "lr_scheduler", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "HGD", "L4GD", "L4Mom",
+            "L4Adam", "LQA"]
