@@ -199,6 +199,10 @@ class InverseTimeLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
+        if self._is_initial:
+            # f(0) = 1, so a fresh run gets base_lr as torch's LambdaLR does; unlike LambdaLR, a scheduler
+            # built on an optimizer whose state was already loaded (resume) keeps the loaded lr
+            return self._current()
         return self._closed_form_lr()
 
     def _closed_form_lr(self):
