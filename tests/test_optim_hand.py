@@ -375,3 +375,22 @@ def test_adam_efficient_form_first_two_steps(w0):
     close(out[1][0], expected[1])
     torch_form, _, _ = run(qr.optim.Adam, w0, lr=eta, eps=eps)
     assert np.max(np.abs(torch_form[0][0] - expected[0])) > 1e-6
+
+
+def test_l4_skips_parameters_without_grad(w0):
+    """As the TF code filters variables without a gradient: no step, no EMA state."""
+    p = qr.tensor(w0.copy(), requires_grad=True)
+    idle = qr.tensor(np.ones(3), requires_grad=True)
+    opt = qr.optim.L4Adam([p, idle])
+    opt.step(lambda: L_tensor(p))
+    assert np.array_equal(idle.data, np.ones(3)) and not opt.state.get(idle)
+
+
+def test_sgd_hd_leaves_users_grad_alone(w0):
+    """The original SGDHD adds weight decay to ``p.grad`` in place; we do not (same numbers)."""
+    eta0, beta, wd = 0.1, 1e-3, 0.01
+    p = qr.tensor(w0.copy(), requires_grad=True)
+    opt = qr.optim.HGD([p], lr=eta0, hypergrad_lr=beta, weight_decay=wd)
+    opt.step(lambda: L_tensor(p))
+    close(p.grad, grad(w0))
+    close(p.data, w0 - eta0 * (grad(w0) + wd * w0))

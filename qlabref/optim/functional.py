@@ -69,7 +69,7 @@ def adagrad(theta, g, acc, t, *, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10, 
     """
     g = _prepare(theta, g, weight_decay, maximize)
     clr = lr / (1 + (t - 1) * lr_decay)
-    acc = acc + g * g
+    acc = acc + g * g  # elementwise g⊙g (Table 1 prints the scalar ‖∇L‖²)
     std = np.sqrt(acc) + eps
     return theta - clr * (g / std), acc, clr
 
@@ -84,7 +84,7 @@ def rmsprop(theta, g, square_avg, grad_avg, buf, *, lr, alpha=0.99, eps=1e-8, we
     Returns ``(theta_new, square_avg, grad_avg, buf)``.
     """
     g = _prepare(theta, g, weight_decay, maximize)
-    square_avg = square_avg * alpha + (1 - alpha) * (g * g)
+    square_avg = square_avg * alpha + (1 - alpha) * (g * g)  # elementwise (Table 1: ‖∇L‖²)
     if centered:
         grad_avg = grad_avg + (1 - alpha) * (g - grad_avg)  # torch: lerp(grad, 1 − α)
         avg = np.sqrt(square_avg - grad_avg * grad_avg) + eps
@@ -104,7 +104,7 @@ def adadelta(theta, g, square_avg, acc_delta, *, lr=1.0, rho=0.9, eps=1e-6, weig
     Returns ``(theta_new, square_avg, acc_delta)``.
     """
     g = _prepare(theta, g, weight_decay, maximize)
-    square_avg = square_avg * rho + (1 - rho) * (g * g)
+    square_avg = square_avg * rho + (1 - rho) * (g * g)  # elementwise (Table 1: ‖∇L‖²)
     std = np.sqrt(square_avg + eps)
     delta = np.sqrt(acc_delta + eps) / std * g
     acc_delta = acc_delta * rho + (1 - rho) * (delta * delta)
@@ -133,7 +133,7 @@ def adam(theta, g, m, v, vmax, t, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weig
         else:
             g = g + weight_decay * theta
     m = m + (1 - beta1) * (g - m)  # torch: exp_avg.lerp_(grad, 1 − β1)
-    v = v * beta2 + (1 - beta2) * (g * g)
+    v = v * beta2 + (1 - beta2) * (g * g)  # elementwise (Table 1: ‖∇L‖²)
     if amsgrad:
         vmax = np.maximum(vmax, v)
         v_used = vmax
@@ -146,7 +146,7 @@ def adam(theta, g, m, v, vmax, t, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weig
         denom = np.sqrt(v_used) / math.sqrt(bc2) + eps
     else:
         step_size = lr * math.sqrt(bc2) / bc1
-        denom = np.sqrt(v_used) + eps
+        denom = np.sqrt(v_used) + eps  # Table 1 prints this form without ε
     return theta - step_size * (m / denom), m, v, vmax
 
 

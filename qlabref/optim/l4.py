@@ -93,8 +93,10 @@ class _L4(Optimizer):
         t = k + 1
         l_min = h["gamma0"] * loss if k == 0 else min(gs["l_min"], loss)
 
-        params = h["params"]
-        grads = [p.grad if p.grad is not None else np.zeros_like(p.data) for p in params]
+        # as the TF code ("Filter variables without a gradient"): a parameter without .grad is not
+        # stepped and its EMAs are not advanced
+        params = [p for p in h["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
         mom_decay = 1.0 - 1.0 / h["time_momentum"]
         directions, estimates = [], []
         for p, g in zip(params, grads):
