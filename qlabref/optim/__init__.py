@@ -7,6 +7,11 @@ from .registry import get, names, register_optimizer
 
 __all__ = ["Optimizer", "NonFiniteLossError", "get", "names", "register_optimizer"]
 
+# QLABGrad (Algorithms 1 and 2) and QLAB on other descent directions (issue 4)
+from .qlab import QLAB, FindPLRError, FindPLRResult, QLABAdam, QLABGrad, QLABMomentum, QLABSGD, find_plr
+
+__all__ += ["QLABGrad", "QLAB", "QLABSGD", "QLABMomentum", "QLABAdam", "find_plr", "FindPLRResult", "FindPLRError"]
+
 # Baselines of the paper's Table 1 (issue 5): torch.optim methods, HGD, L4, LQA, schedules
 from . import functional, lr_scheduler
 from .baselines import SGD, Adadelta, Adagrad, Adam, RMSprop
