@@ -155,6 +155,7 @@ def test_probe_sees_the_same_closure_without_graph_or_state_update(rng):
     assert calls == [(True, True), (False, False)]
     assert opt.last_step["evals"] == len(calls) == 2
     calls.clear()
+    p.data[...] = rng.standard_normal(3)  # the exact line search step above landed on the minimum 0
     opt2 = QLABGrad([p], alpha0=1e-3)  # FindPLR at step 1: its last probe is Algorithm 1's g(ᾱ)
     opt2.step(closure)
     r = opt2.last_step
@@ -440,50 +441,50 @@ def test_state_dict_round_trip_continues_bit_identically(rng, make):
 
 
 # --------------------------------------------------------------------------- QLAB on a direction V
-def qlab_numpy(f, grad, theta, steps, direction, alpha0=0.01, mu=0.9, betas=(0.9, 0.999), eps=1e-8):
-    """QLAB (OPTIMIZERS.md §8) in plain NumPy: V from the direction with lr = 1, a1 = −∇L·V,
-    β = max(α0, α_{t−1}), a2 = (g(β) − a0 − a1β)/β², α* = −a1/(2a2), α_t = β if α* < 0."""
-    theta = theta.copy()
-    buf = m = v = None
-    prev, lrs = None, []
-    for t in range(1, steps + 1):
-        L, g = f(theta), grad(theta)
-        if direction == "sgd":
-            V = g
-        elif direction == "momentum":
-            buf = g.copy() if buf is None else mu * buf + g
-            V = buf
-        else:
-            m = np.zeros_like(g) if m is None else m
-            v = np.zeros_like(g) if v is None else v
-            m = m + (1 - betas[0]) * (g - m)
-            v = betas[1] * v + (1 - betas[1]) * g * g
-            V = (m / (1 - betas[0] ** t)) / (np.sqrt(v) / math.sqrt(1 - betas[1] ** t) + eps)
-        a1 = -(g @ V)
-        if not a1 < 0:
-            V, a1 = g, -(g @ g)
-        beta = max(alpha0, prev if prev is not None else alpha0)
-        a2 = (f(theta - beta * V) - L - a1 * beta) / beta**2
-        lr = -a1 / (2 * a2) if a2 > 0 else beta
-        theta = theta - lr * V
-        prev = lr
-        lrs.append(lr)
-    return theta, np.array(lrs)
+def qlab_numpy_step(f, grad, theta, st, direction, alpha0=0.01, mu=0.9, betas=(0.9, 0.999), eps=1e-8):
+    """One QLAB step (OPTIMIZERS.md §8) in plain NumPy: V from the direction with lr = 1,
+    a1 = −∇L·V, β = max(α0, α_{t−1}), a2 = (g(β) − a0 − a1β)/β², α* = −a1/(2a2), α_t = β if α* < 0.
+    ``st`` carries t, the momentum buffer / Adam moments and α_{t−1}. Returns (θ_new, α_t, L)."""
+    st["t"] = t = st.get("t", 0) + 1
+    L, g = f(theta), grad(theta)
+    if direction == "sgd":
+        V = g
+    elif direction == "momentum":
+        st["buf"] = g.copy() if "buf" not in st else mu * st["buf"] + g
+        V = st["buf"]
+    else:
+        m, v = st.get("m", np.zeros_like(g)), st.get("v", np.zeros_like(g))
+        st["m"] = m = m + (1 - betas[0]) * (g - m)
+        st["v"] = v = betas[1] * v + (1 - betas[1]) * g * g
+        V = (m / (1 - betas[0] ** t)) / (np.sqrt(v) / math.sqrt(1 - betas[1] ** t) + eps)
+    a1 = -(g @ V)
+    if not a1 < 0:
+        V, a1 = g, -(g @ g)
+    beta = max(alpha0, st.get("prev", alpha0))
+    a2 = (f(theta - beta * V) - L - a1 * beta) / beta**2
+    lr = -a1 / (2 * a2) if a2 > 0 else beta
+    st["prev"] = lr
+    return theta - lr * V, lr, L
 
 
 @pytest.mark.parametrize("direction", ["sgd", "momentum", "adam"])
 def test_qlab_matches_a_numpy_transcription(rng, direction):
-    start = rng.uniform(-4, 4, 2)
-    expected, lrs = qlab_numpy(himmelblau_np, himmelblau_grad_np, start, 25, direction)
-    p = qr.tensor(start.copy(), requires_grad=True)
+    """Step by step from the same θ (trajectories of a non-convex function amplify last-bit differences)."""
+    p = qr.tensor(rng.uniform(-4, 4, 2), requires_grad=True)
     opt = QLAB([p], direction=direction)
-    got = []
+    st, compared = {}, 0
     for _ in range(25):
+        theta = p.data.copy()
+        expected, lr, L = qlab_numpy_step(himmelblau_np, himmelblau_grad_np, theta, st, direction)
         opt.step(lambda: himmelblau_tensor(p))
-        got.append(opt.last_step["lr"])
-        assert opt.last_step["evals"] == 2
-    np.testing.assert_allclose(got, lrs, rtol=1e-9)
-    np.testing.assert_allclose(p.data, expected, rtol=1e-9, atol=1e-12)
+        r = opt.last_step
+        assert r["evals"] == 2 and r["direction"] == direction
+        if L > 1e-6:  # far above rounding level (near a minimum g(β) − L is rounding noise)
+            assert r["lr"] == pytest.approx(lr, rel=1e-9)
+            np.testing.assert_allclose(p.data, expected, rtol=1e-9, atol=1e-12)
+            compared += 1
+        st["prev"] = r["lr"]  # keep the oracle on the implementation's path
+    assert compared >= 3
 
 
 def test_qlab_uses_the_gradient_when_v_is_not_a_descent_direction(rng):
