@@ -509,3 +509,86 @@ def test_qlab_probe_floor_and_fallback(rng):
     assert r["fallback"] and r["lr"] == 0.2 == r["pre_lr"]
     opt.step(lambda: -(p * p).sum())
     assert opt.last_step["pre_lr"] == 0.2  # β = max(α0, α_{t−1})
+
+
+# --------------------------------------------------------------------------------------- BatchNorm
+def _bn_problem(rng, bn_forward, params_extra):
+    """A batch (N, C, H, W), a per-channel weight w and a target: loss = mean((BN(x)·w − y)²)."""
+    x = qr.tensor(rng.standard_normal((8, 3, 4, 4)) * 2 + 1)
+    y = qr.tensor(rng.standard_normal((8, 3, 4, 4)))
+    w = qr.tensor(rng.standard_normal((1, 3, 1, 1)), requires_grad=True)
+
+    def closure():
+        d = bn_forward(x) * w - y
+        return (d * d).mean()
+
+    return [w] + list(params_extra), closure
+
+
+class _TestBatchNorm:
+    """Training-mode batch norm written here from Tensor ops (biased batch variance for normalising,
+    unbiased for running_var, momentum 0.1, as torch), honouring ``no_state_update()`` as qr.nn must."""
+
+    def __init__(self, c):
+        self.running_mean, self.running_var, self.num_batches_tracked = np.zeros(c), np.ones(c), 0
+
+    def __call__(self, x):
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        mean = x.mean(axis=(0, 2, 3), keepdims=True)
+        var = ((x - mean) * (x - mean)).mean(axis=(0, 2, 3), keepdims=True)
+        if is_state_update_enabled():
+            self.running_mean = 0.9 * self.running_mean + 0.1 * mean.data.ravel()
+            self.running_var = 0.9 * self.running_var + 0.1 * var.data.ravel() * n / (n - 1)
+            self.num_batches_tracked += 1
+        return (x - mean) / (var + 1e-5).sqrt()
+
+
+def _one_step_stats(rng_seed, make_opt, make_bn):
+    rng = np.random.default_rng(rng_seed)
+    bn, extra = make_bn()
+    params, closure = _bn_problem(rng, bn, extra)
+    opt = make_opt(params)
+    opt.step(closure)
+    return bn, [p.grad.copy() for p in params], opt
+
+
+def test_probe_leaves_batchnorm_running_statistics_alone(rng):
+    """Running statistics after a QLABGrad step == after a plain SGD step with the same gradient."""
+    seed = int(rng.integers(2**31))
+    bn_q, g_q, opt = _one_step_stats(seed, lambda ps: QLABGrad(ps, pre_lr=0.1, findplr="never"),
+                                     lambda: (_TestBatchNorm(3), []))
+    bn_s, g_s, _ = _one_step_stats(seed, lambda ps: qr.optim.SGD(ps, lr=0.1), lambda: (_TestBatchNorm(3), []))
+    assert opt.last_step["evals"] == 2
+    for a, b in zip(g_q, g_s):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(bn_q.running_mean, bn_s.running_mean)
+    np.testing.assert_array_equal(bn_q.running_var, bn_s.running_var)
+    assert bn_q.num_batches_tracked == bn_s.num_batches_tracked == 1
+    # FindPLR's probes (many forwards) leave them alone too
+    bn_f, _, opt = _one_step_stats(seed, lambda ps: QLABGrad(ps, alpha0=1e4), lambda: (_TestBatchNorm(3), []))
+    assert opt.last_step["evals"] > 3 and bn_f.num_batches_tracked == 1
+    np.testing.assert_array_equal(bn_f.running_mean, bn_s.running_mean)
+
+
+def test_qr_nn_batchnorm2d_running_statistics_after_qlabgrad_equal_sgd(rng):
+    """The same with the real ``qr.nn.BatchNorm2d`` (its state_dict buffers, PyTorch key names)."""
+    nn = qr.nn
+    if not hasattr(nn, "BatchNorm2d"):
+        pytest.fail("qr.nn.BatchNorm2d does not exist yet (qlabref/nn is being written by a colleague); this test "
+                    "checks that QLABGrad's probe forward leaves BatchNorm running statistics untouched")
+    seed = int(rng.integers(2**31))
+
+    def make_bn():
+        bn = nn.BatchNorm2d(3)
+        bn.train()
+        return bn, list(bn.parameters())
+
+    bn_q, g_q, opt = _one_step_stats(seed, lambda ps: QLABGrad(ps, pre_lr=0.1, findplr="never"), make_bn)
+    bn_s, g_s, _ = _one_step_stats(seed, lambda ps: qr.optim.SGD(ps, lr=0.1), make_bn)
+    assert opt.last_step["evals"] == 2
+    for a, b in zip(g_q, g_s):
+        np.testing.assert_array_equal(a, b)
+    sq, ss = bn_q.state_dict(), bn_s.state_dict()
+    for key in ("running_mean", "running_var", "num_batches_tracked"):
+        np.testing.assert_array_equal(np.asarray(sq[key]), np.asarray(ss[key]), err_msg=key)
+    assert int(np.asarray(sq["num_batches_tracked"])) == 1
