@@ -2,7 +2,7 @@
 functional spellings users call (``qr.concatenate``, ``qr.cross_entropy``, ...)."""
 from __future__ import annotations
 
-from . import core
+from . import core, nn_ops
 from .registry import REGISTRY, register
 
 __all__ = [

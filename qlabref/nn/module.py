@@ -1,0 +1,328 @@
+"""``Module`` and ``Parameter``: what ``torch.nn.Module`` users' hands know, on qlabref Tensors.
+
+- Attributes that are ``Parameter`` s, ``Module`` s or registered buffers are tracked in
+  ``_parameters``, ``_modules`` and ``_buffers`` (insertion order), exactly as in PyTorch, so
+  ``state_dict()`` has PyTorch's key names *and* order: a module's parameters, then its buffers, then
+  each child's entries under ``child.``.
+- ``load_state_dict`` checks everything first (missing keys, unexpected keys, shapes) and only then
+  copies, in place, so a failed strict load changes nothing and views into flat buffers stay views.
+- ``flat_parameters()`` / ``flat_grads()`` move every parameter (gradient) into one contiguous
+  buffer and make each ``.data`` (``.grad``) a view into it. An optimizer can then update θ, compute
+  ‖∇L‖² and form the probe point θ − ᾱ∇L in one pass over memory, and backward accumulates gradients
+  into the views in place (``autograd._accumulate_leaf``).
+"""
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+
+import numpy as np
+
+from ..tensor import Tensor
+
+__all__ = ["Parameter", "Module", "StateDictError"]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class StateDictError(KeyError):
+    """``load_state_dict`` found missing, unexpected or mis-shaped keys; nothing was loaded."""
+
+    def __str__(self):  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module registers as a parameter (``requires_grad=True`` by default)."""
+
+    def __init__(self, data, requires_grad=True, dtype=None):
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+
+def _as_array(value):
+    """Arrays from a state_dict value: ndarray, Tensor, or anything with ``.detach().cpu().numpy()``."""
+    if isinstance(value, Tensor):
+        return value.data
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, without importing torch
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class Module:
+    """Base class of layers and models. Subclasses set attributes in ``__init__`` and write ``forward``."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_parent", None)
+        object.__setattr__(self, "_name", None)
+
+    # ------------------------------------------------------------------ attribute registration
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}: call Module.__init__() before assigning attributes")
+        for table in ("_parameters", "_buffers", "_modules"):
+            self.__dict__[table].pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+            object.__setattr__(value, "_parent", weakref.ref(self))
+            object.__setattr__(value, "_name", name)
+        elif name in self.__dict__.get("_buffer_names", ()):
+            self._buffers[name] = np.asarray(value)
+        else:
+            object.__setattr__(self, name, value)
+            return
+        self.__dict__.pop(name, None)
+
+    def __getattr__(self, name):
+        d = self.__dict__
+        for table in ("_parameters", "_buffers", "_modules"):
+            if table in d and name in d[table]:
+                return d[table][name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __delattr__(self, name):
+        for table in ("_parameters", "_buffers", "_modules"):
+            if name in self.__dict__[table]:
+                del self.__dict__[table][name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name, array):
+        """A named array that is state but not a parameter (BatchNorm's running statistics)."""
+        names = self.__dict__.setdefault("_buffer_names", set())
+        names.add(name)
+        self._buffers[name] = np.asarray(array)
+
+    def path(self) -> str:
+        """Dotted name of this module inside the model it belongs to (``layer2.0.conv1``), for errors."""
+        parts, m = [], self
+        while m is not None and m._name is not None:
+            parts.append(m._name)
+            m = m._parent() if m._parent is not None else None
+        return ".".join(reversed(parts)) or type(self).__name__
+
+    # ------------------------------------------------------------------ traversal
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_children(self):
+        return iter(self._modules.items())
+
+    def named_modules(self, prefix=""):
+        """(name, module) for self and every descendant, depth first, PyTorch's order."""
+        out, stack = [], [(prefix, self)]
+        while stack:
+            name, m = stack.pop()
+            out.append((name, m))
+            kids = [(f"{name}.{k}" if name else k, c) for k, c in m._modules.items()]
+            stack.extend(reversed(kids))
+        return iter(out)
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def named_parameters(self, prefix=""):
+        for mname, m in self.named_modules(prefix):
+            for pname, p in m._parameters.items():
+                yield (f"{mname}.{pname}" if mname else pname), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        for mname, m in self.named_modules(prefix):
+            for bname, b in m._buffers.items():
+                yield (f"{mname}.{bname}" if mname else bname), b
+
+    def num_parameters(self) -> int:
+        return int(sum(p.data.size for p in self.parameters()))
+
+    # ------------------------------------------------------------------ modes and gradients
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self, set_to_none=False):
+        """Zero every parameter's gradient in place (views into ``flat_grads()`` stay views)."""
+        for p in self.parameters():
+            if p.grad is not None:
+                if set_to_none and "_flat_grads" not in self.__dict__:
+                    p.grad = None
+                else:
+                    p.grad[...] = 0
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} has no forward()")
+
+    # ------------------------------------------------------------------ state_dict
+    def state_dict(self):
+        """OrderedDict of copies: PyTorch key names, layouts and order (parameters, buffers, children)."""
+        out = OrderedDict()
+        for mname, m in self.named_modules():
+            pre = f"{mname}." if mname else ""
+            for k, p in m._parameters.items():
+                out[pre + k] = p.data.copy()
+            for k, b in m._buffers.items():
+                out[pre + k] = np.array(b, copy=True)
+        return out
+
+    def _state_targets(self):
+        """key -> (owning module, attribute name, kind) for every entry of ``state_dict()``."""
+        targets = OrderedDict()
+        for mname, m in self.named_modules():
+            pre = f"{mname}." if mname else ""
+            for k in m._parameters:
+                targets[pre + k] = (m, k, "parameter")
+            for k in m._buffers:
+                targets[pre + k] = (m, k, "buffer")
+        return targets
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays (or torch tensors) into this module, in place, after checking every key.
+
+        strict: missing or unexpected keys raise ``StateDictError`` listing them; a shape mismatch
+        always raises ``ValueError`` naming the key and both shapes. Nothing is copied unless every
+        check passes. Returns ``(missing_keys, unexpected_keys)``.
+        """
+        targets = self._state_targets()
+        arrays = OrderedDict((k, _as_array(v)) for k, v in state_dict.items())
+        missing = [k for k in targets if k not in arrays]
+        unexpected = [k for k in arrays if k not in targets]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append("missing keys: " + ", ".join(missing))
+            if unexpected:
+                parts.append("unexpected keys: " + ", ".join(unexpected))
+            raise StateDictError(f"load_state_dict into {type(self).__name__}: " + "; ".join(parts)
+                                 + " (nothing was loaded)")
+        for k, arr in arrays.items():
+            if k not in targets:
+                continue
+            m, name, kind = targets[k]
+            current = m._parameters[name].data if kind == "parameter" else m._buffers[name]
+            if arr.shape != current.shape:
+                raise ValueError(
+                    f"load_state_dict: '{k}' has shape {arr.shape} in the state_dict but {current.shape} in "
+                    f"the model (nothing was loaded)"
+                )
+            if kind == "parameter" and arr.dtype.kind not in "fiu":
+                raise ValueError(f"load_state_dict: '{k}' has dtype {arr.dtype}, need a number array")
+        for k, arr in arrays.items():
+            if k not in targets:
+                continue
+            m, name, kind = targets[k]
+            if kind == "parameter":
+                m._parameters[name].data[...] = arr  # in place: flat-buffer views stay views
+            else:
+                buf = m._buffers[name]
+                if buf.ndim == 0:
+                    m._buffers[name] = np.array(arr, dtype=buf.dtype)
+                else:
+                    buf[...] = arr
+        return missing, unexpected
+
+    # ------------------------------------------------------------------ dtype
+    def to(self, dtype):
+        """Cast every parameter and floating buffer to ``dtype`` (float32 or float64), in place."""
+        dtype = np.dtype(dtype)
+        if dtype not in _FLOATS:
+            raise ValueError(f"{type(self).__name__}.to: dtype must be float32 or float64, got {dtype}")
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = None
+        for m in self.modules():
+            for k, b in list(m._buffers.items()):
+                if b.dtype.kind == "f":
+                    m._buffers[k] = b.astype(dtype)
+        self.__dict__.pop("_flat_params", None)
+        self.__dict__.pop("_flat_grads", None)
+        return self
+
+    def double(self):
+        return self.to(np.float64)
+
+    def float(self):
+        return self.to(np.float32)
+
+    @property
+    def dtype(self):
+        ps = self.parameters()
+        return ps[0].data.dtype if ps else None
+
+    # ------------------------------------------------------------------ flat storage
+    def _flat_dtype(self, what):
+        ps = self.parameters()
+        if not ps:
+            raise ValueError(f"{type(self).__name__}.{what}: the module has no parameters")
+        dtypes = {p.data.dtype for p in ps}
+        if len(dtypes) != 1:
+            raise ValueError(f"{type(self).__name__}.{what}: parameters have mixed dtypes {sorted(map(str, dtypes))}")
+        return ps, dtypes.pop()
+
+    def flat_parameters(self) -> np.ndarray:
+        """One contiguous 1-D array holding every parameter; each ``p.data`` becomes a view into it.
+
+        Calling it again returns the same buffer while every parameter still views it. Order: that of
+        ``parameters()``.
+        """
+        ps, dtype = self._flat_dtype("flat_parameters")
+        flat = self.__dict__.get("_flat_params")
+        if flat is not None and all(np.shares_memory(p.data, flat) for p in ps):
+            return flat
+        flat = np.empty(sum(p.data.size for p in ps), dtype=dtype)
+        offset = 0
+        for p in ps:
+            n = p.data.size
+            flat[offset:offset + n] = p.data.ravel()
+            p.data = flat[offset:offset + n].reshape(p.data.shape)
+            offset += n
+        object.__setattr__(self, "_flat_params", flat)
+        return flat
+
+    def flat_grads(self) -> np.ndarray:
+        """One contiguous 1-D gradient buffer; each ``p.grad`` becomes a view into it (zeros, or the
+        current gradient if there is one). Backward accumulates into these views in place."""
+        ps, dtype = self._flat_dtype("flat_grads")
+        flat = self.__dict__.get("_flat_grads")
+        if flat is not None and all(p.grad is not None and np.shares_memory(p.grad, flat) for p in ps):
+            return flat
+        flat = np.zeros(sum(p.data.size for p in ps), dtype=dtype)
+        offset = 0
+        for p in ps:
+            n = p.data.size
+            view = flat[offset:offset + n].reshape(p.data.shape)
+            if p.grad is not None:
+                view[...] = p.grad
+            p.grad = view
+            offset += n
+        object.__setattr__(self, "_flat_grads", flat)
+        return flat
+
+    # ------------------------------------------------------------------ printing
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            for name, m in self._modules.items():
+                sub = repr(m).replace("\n", "\n  ")
+                lines.append(f"  ({name}): {sub}")
+            return "\n".join(lines) + "\n)"
+        return lines[0] + ")"
