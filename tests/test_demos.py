@@ -1,0 +1,26 @@
+"""The demo scripts run and say what they should (each prints its own Eq. (10) / PyTorch check)."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+DEMOS = pathlib.Path(__file__).resolve().parent.parent / "demos"
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("function", ["himmelblau", "booth", "rosenbrock"])
+def test_qlab_step_by_step(function):
+    r = _run(DEMOS / "qlab_step_by_step.py", function, "--steps", "6")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("Eq.(10) ok") >= 1 and "MISMATCH" not in r.stdout
+
+
+@pytest.mark.torch
+def test_torch_crosscheck(torch):
+    r = _run(DEMOS / "torch_crosscheck.py", "--steps", "3", "--batch", "4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "(OK, limit 1e-09)" in r.stdout
