@@ -1,9 +1,7 @@
 """``qlabref demo``, ``qlabref trajectories`` and ``qlabref explain`` end to end (reduced budgets).
 
-They run with the registered qr.optim optimizers. If this build has not registered qlabgrad/sgd/adam
-yet, small stand-ins (plain GD, Adam and Algorithm 1 with FindPLR, written here from the paper) are
-registered for the duration of a test so the command plumbing is still exercised; the real-optimizer
-check is test_trajectory.py::test_qlabgrad_beats_gradient_descent_at_its_best_fixed_lr_on_booth.
+They run with the registered qr.optim optimizers; the optimizer maths itself is checked in
+test_qlab.py and test_trajectory.py::test_qlabgrad_beats_gradient_descent_at_its_best_fixed_lr_on_booth.
 """
 from __future__ import annotations
 
@@ -19,80 +17,9 @@ import pytest  # noqa: E402
 
 import qlabref as qr  # noqa: E402
 from qlabref import cli  # noqa: E402
-from qlabref.optim import registry  # noqa: E402
-from qlabref.optim.optimizer import Optimizer  # noqa: E402
 
 
-class _SGD(Optimizer):
-    def __init__(self, params, lr=0.01):
-        super().__init__(params, dict(lr=lr))
-
-    def step(self, closure):
-        loss = self.evaluate(closure)
-        for p in self.params():
-            p.data -= self.param_groups[0]["lr"] * p.grad
-        self._finish_step({"loss": loss, "lr": self.param_groups[0]["lr"], "evals": 1})
-        return loss
-
-
-class _Adam(_SGD):
-    def step(self, closure):
-        loss = self.evaluate(closure)
-        lr = self.param_groups[0]["lr"]
-        for p in self.params():
-            s = self.state.setdefault(p, {"t": 0, "m": np.zeros_like(p.data), "v": np.zeros_like(p.data)})
-            s["t"] += 1
-            s["m"] = 0.9 * s["m"] + 0.1 * p.grad
-            s["v"] = 0.999 * s["v"] + 0.001 * p.grad**2
-            p.data -= lr * (s["m"] / (1 - 0.9 ** s["t"])) / (np.sqrt(s["v"] / (1 - 0.999 ** s["t"])) + 1e-8)
-        self._finish_step({"loss": loss, "lr": lr, "evals": 1})
-        return loss
-
-
-class _QLABGrad(Optimizer):
-    """Algorithm 1 with Algorithm 2 (FindPLR) once, on a single parameter tensor."""
-
-    def __init__(self, params, pre_lr=None, alpha0=0.01, findplr="once"):
-        super().__init__(params, dict(pre_lr=pre_lr, alpha0=alpha0, findplr=findplr))
-
-    def step(self, closure):
-        loss = self.evaluate(closure)
-        (p,) = self.params()
-        theta, g = p.data.copy(), p.grad.copy()
-        gsq = float(np.sum(g * g))
-
-        def probe(a):
-            p.data[...] = theta - a * g
-            v = self.probe(closure)
-            p.data[...] = theta
-            return v
-
-        pre = self.global_state.get("pre_lr", self.defaults["pre_lr"])
-        if pre is None:
-            pre = self.defaults["alpha0"]
-            while probe(pre) - loss + pre * gsq < 0:
-                pre *= 2
-            while probe(pre) > loss:
-                pre *= 0.5
-            self.global_state["pre_lr"] = pre
-        gp = probe(pre)
-        a2 = (gp - loss + gsq * pre) / pre**2
-        star = gsq / (2 * a2) if a2 > 0 else -math.inf
-        lr = star if a2 > 0 else pre
-        p.data[...] = theta - lr * g
-        self._finish_step(dict(loss=loss, grad_sq_norm=gsq, probe_loss=gp, a0=loss, a1=-gsq, a2=a2,
-                               alpha_star=star, lr=lr, pre_lr=pre, fallback=not a2 > 0, evals=2))
-        return loss
-
-
-@pytest.fixture
-def optimizers(monkeypatch):
-    for name, cls in (("qlabgrad", _QLABGrad), ("sgd", _SGD), ("adam", _Adam)):
-        if name not in registry.OPTIMIZERS:
-            monkeypatch.setitem(registry.OPTIMIZERS, name, cls)
-
-
-def test_demo_writes_figures_and_table(optimizers, tmp_path, capsys):
+def test_demo_writes_figures_and_table(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--starts", "2", "--steps", "300"]) == 0
     text = capsys.readouterr().out
@@ -113,7 +40,7 @@ def test_demo_writes_figures_and_table(optimizers, tmp_path, capsys):
     assert "qlabref demo: done in" in text
 
 
-def test_trajectories_command_options(optimizers, tmp_path, capsys):
+def test_trajectories_command_options(tmp_path, capsys):
     out = tmp_path / "t"
     rc = cli.main(["trajectories", "--functions", "booth", "--starts", "2", "--steps", "200",
                    "--lrs", "sgd=0.05,0.01", "--lrs", "adam=0.5", "--out", str(out), "--animate"])
@@ -125,7 +52,7 @@ def test_trajectories_command_options(optimizers, tmp_path, capsys):
     assert "| booth | qlabgrad |" in table and "| booth | sgd | lr=0.05 |" in table
 
 
-def test_trajectories_command_errors_name_the_thing(optimizers, tmp_path, capsys):
+def test_trajectories_command_errors_name_the_thing(tmp_path, capsys):
     assert cli.main(["trajectories", "--functions", "boothh", "--out", str(tmp_path)]) == 2
     assert "unknown test function 'boothh'" in capsys.readouterr().err
     assert cli.main(["trajectories", "--functions", "booth", "--lrs", "sgd=fast", "--out", str(tmp_path)]) == 2
@@ -134,7 +61,7 @@ def test_trajectories_command_errors_name_the_thing(optimizers, tmp_path, capsys
     assert "unknown optimizer(s) nosuchopt" in capsys.readouterr().err
 
 
-def test_explain_prints_the_fit_and_writes_figure_1(optimizers, tmp_path, capsys):
+def test_explain_prints_the_fit_and_writes_figure_1(tmp_path, capsys):
     assert cli.main(["explain", "--function", "booth", "--step", "3", "--out", str(tmp_path)]) == 0
     text = capsys.readouterr().out
     assert "a2" in text and "α* = −a1/(2 a2)" in text and "Wrote" in text
@@ -145,7 +72,7 @@ def test_explain_prints_the_fit_and_writes_figure_1(optimizers, tmp_path, capsys
     assert cli.main(["explain", "--function", "booth", "--step", "0", "--out", str(tmp_path)]) == 2
 
 
-def test_explain_numbers_match_the_paper_equations(optimizers):
+def test_explain_numbers_match_the_paper_equations():
     from qlabref.commands.explain import explain_step
 
     fn = qr.functions.himmelblau
@@ -165,12 +92,8 @@ def test_explain_numbers_match_the_paper_equations(optimizers):
         assert v == pytest.approx(fn.f(theta - a * g), rel=1e-12)
 
 
-def test_explain_model_option(optimizers, tmp_path, capsys):
-    try:
-        qr.models.mlp  # noqa: B018
-    except (ImportError, AttributeError):
-        assert cli.main(["explain", "--model", "mlp", "--out", str(tmp_path)]) == 2
-        assert "qr.models.mlp" in capsys.readouterr().err
-        return
+def test_explain_model_option(tmp_path, capsys):
     assert cli.main(["explain", "--model", "mlp", "--step", "2", "--batch", "16", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "explain_model_mlp_qlabgrad_step2.png").exists()
+    assert cli.main(["explain", "--model", "paper_cnn", "--step", "1", "--batch", "4", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "explain_model_paper_cnn_qlabgrad_step1.png").exists()

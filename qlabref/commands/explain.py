@@ -35,8 +35,8 @@ def add_arguments(parser):
     from .. import functions as F
 
     parser.add_argument("--function", default="booth", help=f"2-D test function ({', '.join(F.names())}; default booth)")
-    parser.add_argument("--model", default=None, choices=["mlp"],
-                        help="explain a step of a model instead: 'mlp' = qr.models.mlp() on one random minibatch")
+    parser.add_argument("--model", default=None, choices=["mlp", "paper_cnn", "resnet18"],
+                        help="explain a step of a model instead (qr.models, float64) on one random minibatch")
     parser.add_argument("--step", type=int, default=3, help="which step to explain, counted from 1 (default 3)")
     parser.add_argument("--optimizer", default="qlabgrad", help="optimizer that makes the run (default qlabgrad)")
     parser.add_argument("--start", type=float, nargs=2, default=None, metavar=("X", "Y"),
@@ -118,36 +118,28 @@ def explain_step(params, closure, optimizer="qlabgrad", step=1, points=201, **op
     }
 
 
+_MODEL_INPUTS = {
+    "mlp": ((1, 28, 28), 10, "MLP 784-1000-1000-10 (qr.models.mlp)"),
+    "paper_cnn": ((1, 28, 28), 10, "the paper's MNIST CNN (qr.models.paper_cnn)"),
+    "resnet18": ((3, 32, 32), 10, "ResNet-18, CIFAR stem (qr.models.resnet18)"),
+}
+
+
 def _model_problem(args):
+    """A model of ``qr.models`` in float64 and one random minibatch (standard-normal images, uniform
+    labels): the loss surface along −∇L of a freshly initialised network."""
     import qlabref as qr
 
-    try:
-        models = qr.models
-        make = models.mlp
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"--model mlp needs qr.models.mlp, which this build does not provide ({e})") from None
+    shape, classes, what = _MODEL_INPUTS[args.model]
     rng = np.random.default_rng(args.seed)
-    model = make(seed=args.seed, dtype=np.float64)
-    y = rng.integers(0, 10, size=args.batch)
-    X = rng.standard_normal((args.batch, 1, 28, 28))
-    xt = None
-    errors = []
-    for shape in ((args.batch, 784), (args.batch, 1, 28, 28)):  # flat or image-shaped input
-        try:
-            with qr.no_grad():
-                model(qr.tensor(X.reshape(shape)))
-        except Exception as e:  # noqa: BLE001 - try the other input layout, report both if neither works
-            errors.append(f"input {shape}: {e}")
-            continue
-        xt = qr.tensor(X.reshape(shape))
-        break
-    if xt is None:
-        raise ValueError("--model mlp: qr.models.mlp() accepted neither input layout (" + "; ".join(errors) + ")")
+    model = qr.models.get(args.model, seed=args.seed, dtype=np.float64)
+    xt = qr.tensor(rng.standard_normal((args.batch, *shape)))
+    y = rng.integers(0, classes, size=args.batch)
 
     def closure():
         return qr.cross_entropy(model(xt), y)
 
-    return list(model.parameters()), closure, f"MLP 784-1000-1000-10 (qr.models.mlp), one random minibatch of {args.batch}"
+    return list(model.parameters()), closure, f"{what}, one random minibatch of {args.batch}"
 
 
 def run(args) -> int:
