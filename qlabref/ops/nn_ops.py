@@ -6,11 +6,12 @@ Layouts and semantics are PyTorch's (``shared/REFERENCE.md``): images are NCHW, 
 (out, in, kH, kW), a linear weight is (out, in) and y = x Wᵀ + b.
 
 How the convolution is vectorised (no Python loop over pixels): **im2col**. A strided *view* of the
-padded input, shape (N, C, kH, kW, OH, OW), lists every receptive field without copying; one reshape
-copies it into the matrix ``cols`` (N·OH·OW, C·kH·kW), and the convolution is one matrix product
-``cols @ W.reshape(out, -1).T``. The backward pass is two more matrix products; the input gradient
-is scattered back with **col2im**, a loop over the kH·kW kernel offsets (25 for a 5×5 kernel), each
-iteration one vectorised strided add over all pixels at once. Pooling uses the same strided views.
+padded input, shape (N, C, kH, kW, OH, OW), lists every receptive field without copying; it is copied
+into the matrix ``cols`` (N·OH·OW, C·kH·kW), one kernel offset at a time (``_im2col``), and the
+convolution is one matrix product ``cols @ W.reshape(out, -1).T``. The backward pass is two more
+matrix products; the input gradient is scattered back with **col2im**, a loop over the kH·kW kernel
+offsets (25 for a 5×5 kernel), each iteration one vectorised strided add over all pixels at once.
+Pooling uses the same strided views.
 """
 from __future__ import annotations
 
@@ -96,13 +97,38 @@ def _offset_slices(i, j, s, out_hw):
             slice(j, j + s[1] * (out_hw[1] - 1) + 1, s[1]))
 
 
-def _col2im(gcols, xp_shape, k, s, out_hw, dtype):
-    """Adjoint of im2col. ``gcols``: (N, OH, OW, C, kH, kW). Returns the padded-input gradient."""
-    gxp = np.zeros(xp_shape, dtype=dtype)
+def _im2col(xp, k, s, out_hw):
+    """The matrix ``cols`` (N·OH·OW, C·kH·kW) of the receptive fields of the padded input ``xp``:
+    row (n, a, b), column (c, i, j) holds xp[n, c, a·sH + i, b·sW + j]. Equal to
+    ``_windows(xp, ...).transpose(0, 4, 5, 1, 2, 3).reshape(N·OH·OW, -1)`` (a pure copy, so the same
+    numbers), but filled by kH·kW strided copies of (N, OH, OW, C) blocks, one per kernel offset,
+    instead of one copy whose innermost run is only kW values long: 2-4x faster for ResNet-18's 3×3
+    convolutions, as fast for paper_cnn's 5×5 ones."""
+    n, c = xp.shape[:2]
+    cols = np.empty((n, out_hw[0], out_hw[1], c, k[0], k[1]), dtype=xp.dtype)
     for i in range(k[0]):
         for j in range(k[1]):
-            gxp[_offset_slices(i, j, s, out_hw)] += gcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
-    return gxp
+            _, _, rows, columns = _offset_slices(i, j, s, out_hw)
+            cols[:, :, :, :, i, j] = xp[:, :, rows, columns].transpose(0, 2, 3, 1)
+    return cols.reshape(n * out_hw[0] * out_hw[1], -1)
+
+
+def _col2im(gcols, xp_shape, k, s, p, out_hw, dtype):
+    """Adjoint of im2col. ``gcols``: (N, OH, OW, C, kH, kW). Returns the input gradient (N, C, H, W),
+    padding cropped, contiguous.
+
+    The sum runs in NHWC order: each kernel offset's strided add then moves runs of C contiguous
+    values and reads ``gcols`` along its own (OH, OW, C) order, instead of writing rows of only OW
+    values (4 in ResNet-18's last stage) while gathering ``gcols`` at a stride of C·kH·kW. Every
+    element receives the same additions in the same order as in an NCHW loop (bitwise equal)."""
+    n, c = xp_shape[0], xp_shape[1]
+    hp, wp = xp_shape[2], xp_shape[3]
+    gxp = np.zeros((n, hp, wp, c), dtype=dtype)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            _, _, rows, cols = _offset_slices(i, j, s, out_hw)
+            gxp[:, rows, cols, :] += gcols[:, :, :, :, i, j]
+    return np.ascontiguousarray(gxp[:, p[0]:hp - p[0], p[1]:wp - p[1], :].transpose(0, 3, 1, 2))
 
 
 def _crop(gxp, p):
@@ -167,8 +193,7 @@ class Conv2d(Function):
         oh, ow = _out_hw("conv2d", x.shape, k, s, p)
         n, o = x.shape[0], w.shape[0]
         xp = _pad(x, p)
-        # im2col: (N, OH, OW, C, kH, kW) -> (N·OH·OW, C·kH·kW), the one copy of the forward pass
-        cols = _windows(xp, k, s, (oh, ow)).transpose(0, 4, 5, 1, 2, 3).reshape(n * oh * ow, -1)
+        cols = _im2col(xp, k, s, (oh, ow))  # (N·OH·OW, C·kH·kW), the one big copy of the forward pass
         w2 = w.reshape(o, -1)
         out = np.matmul(cols, w2.T)  # (N·OH·OW, O)
         if bias:
@@ -189,7 +214,7 @@ class Conv2d(Function):
             gw = np.matmul(g2.T, cols).reshape(w.shape)
         if need[0]:
             gcols = np.matmul(g2, w.reshape(o, -1)).reshape(n, out_hw[0], out_hw[1], *w.shape[1:])
-            gx = _crop(_col2im(gcols, xp_shape, k, s, out_hw, g.dtype), p)
+            gx = _col2im(gcols, xp_shape, k, s, p, out_hw, g.dtype)
         if len(need) == 3:
             gb = g.sum(axis=(0, 2, 3)) if need[2] else None
             return gx, gw, gb
