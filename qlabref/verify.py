@@ -310,7 +310,7 @@ def check_lemma3(rng, thetas=15, grid=60, rtol=1e-9):
             pb.set(th)
             g0 = opt.probe(pb.closure)
             for a in alphas:
-                _place([pb.param], [th], float(a), [g])
+                _place([pb.param.data], [th], float(a), [g])
                 total += 1
                 if opt.probe(pb.closure) > g0:
                     hits += 1

@@ -224,3 +224,28 @@ def test_constructor_arguments_are_checked():
         models.resnet18(variant="tiny")
     with pytest.raises(ValueError, match="dtype must be float32 or float64"):
         models.mlp(dtype=np.int32)
+
+
+def test_qlabgrad_on_flat_buffers_equals_per_parameter_steps(rng):
+    """With flat_parameters()/flat_grads() QLABGrad works on the two buffers (one pass over memory);
+    the numbers equal the per-parameter path (only ‖∇L‖²'s summation order differs), and the
+    parameters stay views of the buffer."""
+    x, y = rng.standard_normal((6, 1, 28, 28)), rng.integers(0, 10, 6)
+    runs = []
+    for flat in (False, True):
+        m = models.paper_cnn(dtype=np.float64, seed=5)
+        if flat:
+            buf, _ = m.flat_parameters(), m.flat_grads()
+        opt = qr.optim.QLABGrad(m.parameters(), alpha0=0.5, findplr="every:2")
+        recs = []
+        for _ in range(4):
+            opt.step(lambda: F.cross_entropy(m(qr.tensor(x)), y))
+            recs.append(dict(opt.last_step))
+        assert all(r["flat_storage"] == flat for r in recs)
+        if flat:
+            assert all(np.shares_memory(p.data, buf) for p in m.parameters())
+        runs.append((np.concatenate([p.data.ravel() for p in m.parameters()]), recs))
+    (theta_a, recs_a), (theta_b, recs_b) = runs
+    np.testing.assert_allclose(theta_b, theta_a, rtol=1e-11, atol=1e-13)
+    for ra, rb in zip(recs_a, recs_b):
+        assert rb["lr"] == pytest.approx(ra["lr"], rel=1e-9) and rb["evals"] == ra["evals"]

@@ -41,7 +41,8 @@ a2 = 0 or the gradient is zero), ``lr`` (α_t actually used), ``pre_lr`` (ᾱ of
 ``fallback`` (α_t = ᾱ was taken), ``evals`` (closure calls this step), ``findplr_ran``,
 ``findplr_evals`` (FindPLR probes this step), ``findplr_doublings``, ``findplr_halvings``,
 ``probe_nonfinite`` (the probe at the stored ᾱ was NaN/inf), ``zero_grad`` (no step taken because
-∇L = 0), ``capped`` (``max_lr`` limited the step). Whether the step raised the loss is only known from
+∇L = 0), ``capped`` (``max_lr`` limited the step), ``flat_storage`` (the step worked on the model's
+flat parameter and gradient buffers, ``model.flat_parameters()``/``flat_grads()``: one array each). Whether the step raised the loss is only known from
 the next step's ``loss`` (on the next minibatch); on a full batch compare consecutive ``loss`` values.
 
 Edge cases (each one tested in ``tests/test_qlab.py``):
@@ -185,22 +186,48 @@ def _dot(xs, ys) -> float:
                      for x, y in zip(xs, ys)))
 
 
-def _place(params, saved, alpha, dirs):
-    """θ ← saved − α·d for every parameter, written in place (views stay views).
+def _place(targets, saved, alpha, dirs):
+    """θ ← saved − α·d for every parameter array in ``targets``, written in place (views stay views).
 
     Always computed from the saved copy, so probing and stepping never accumulate rounding."""
     if alpha == 0.0:
-        for p, s in zip(params, saved):
-            p.data[...] = s
+        for t, s in zip(targets, saved):
+            t[...] = s
         return
-    for p, s, d in zip(params, saved, dirs):
-        np.multiply(d, -alpha, out=p.data)  # −α·d, rounded once (negation is exact)
-        p.data += s  # s + (−α·d) == s − α·d bit for bit
+    for t, s, d in zip(targets, saved, dirs):
+        np.multiply(d, -alpha, out=t)  # −α·d, rounded once (negation is exact)
+        t += s  # s + (−α·d) == s − α·d bit for bit
 
 
-def _restore(params, saved):
-    for p, s in zip(params, saved):
-        p.data[...] = s
+def _restore(targets, saved):
+    for t, s in zip(targets, saved):
+        t[...] = s
+
+
+def _flat_buffer(arrays):
+    """The 1-D buffer that ``arrays`` tile exactly, in order, as contiguous views (what
+    ``qr.nn.Module.flat_parameters()`` / ``flat_grads()`` make), else None."""
+    base = arrays[0].base if arrays else None
+    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
+        return None
+    address = base.__array_interface__["data"][0]
+    for a in arrays:
+        if a.base is not base or not a.flags.c_contiguous or a.__array_interface__["data"][0] != address:
+            return None
+        address += a.nbytes
+    return base if address == base.__array_interface__["data"][0] + base.nbytes else None
+
+
+def _working_arrays(params, grads):
+    """(θ arrays, ∇L arrays, flat?) that a step reads and writes: one array per parameter, or — when
+    the model keeps every parameter and every gradient in one contiguous buffer each
+    (``model.flat_parameters()``, ``model.flat_grads()``) — the two buffers themselves, so that
+    ‖∇L‖², the saved copy of θ and each probe point θ − ᾱ∇L are one pass over memory."""
+    datas = [p.data for p in params]
+    flat_theta, flat_grad = _flat_buffer(datas), _flat_buffer(grads)
+    if flat_theta is not None and flat_grad is not None and flat_theta.dtype == flat_grad.dtype:
+        return [flat_theta], [flat_grad], True
+    return datas, grads, False
 
 
 def _check_positive(name, value, owner, allow_none=False):
@@ -341,16 +368,17 @@ def find_plr(closure, params, alpha0=DEFAULT_ALPHA0, max_evals=DEFAULT_MAX_EVALS
             f"pre-learning rate to determine; last ᾱ = {alpha0!r}",
             0, alpha0, g0, 0,
         )
-    saved = [p.data.copy() for p in ps]
+    targets, grads, _ = _working_arrays(ps, grads)
+    saved = [t.copy() for t in targets]
 
     def g_at(alpha):
-        _place(ps, saved, alpha, grads)
+        _place(targets, saved, alpha, grads)
         return shell.probe(closure)
 
     try:
         result = _findplr_loops(g_at, g0, gsq, alpha0, max_evals, owner)
     finally:
-        _restore(ps, saved)
+        _restore(targets, saved)
     result.evals = result.probes + 1
     return result if full_output else result.pre_lr
 
@@ -408,7 +436,7 @@ class QLABGrad(Optimizer):
 
         # Algorithm 1, line 3 needs L(θ_{t−1}) and ∇L(θ_{t−1}): one forward + backward.
         loss = self.evaluate(closure)  # NonFiniteLossError here leaves everything untouched
-        grads = self.grads()
+        targets, grads, flat = _working_arrays(params, self.grads())
         gsq = _sq_norm(grads)
         if not math.isfinite(gsq):
             raise NonFiniteLossError(
@@ -420,7 +448,8 @@ class QLABGrad(Optimizer):
             gs["findplr_due"] = True
         record = dict(step=t, loss=loss, grad_sq_norm=gsq, probe_loss=None, a0=a0, a1=a1, a2=None, alpha_star=None,
                       lr=0.0, pre_lr=gs["pre_lr"], fallback=False, evals=1, findplr_ran=False, findplr_evals=0,
-                      findplr_doublings=0, findplr_halvings=0, probe_nonfinite=False, zero_grad=False, capped=False)
+                      findplr_doublings=0, findplr_halvings=0, probe_nonfinite=False, zero_grad=False, capped=False,
+                      flat_storage=flat)
 
         if gsq == 0.0:
             # ∇L = 0: g(α) = L for every α; no probe, no step, no division by zero.
@@ -430,10 +459,10 @@ class QLABGrad(Optimizer):
             self._finish_step(record)
             return loss
 
-        saved = [p.data.copy() for p in params]
+        saved = [t.copy() for t in targets]  # θ_{t−1}, kept to compute every point from
 
         def g_at(alpha):  # Eq. (3): g(α) = L(θ_{t−1} − α∇L(θ_{t−1})), one probe forward
-            _place(params, saved, alpha, grads)
+            _place(targets, saved, alpha, grads)
             return self.probe(closure)
 
         try:
@@ -461,7 +490,7 @@ class QLABGrad(Optimizer):
                     record["findplr_halvings"] = halvings
                     record["evals"] += n
         except BaseException:
-            _restore(params, saved)
+            _restore(targets, saved)
             raise
 
         pre = gs["pre_lr"]  # ᾱ
@@ -475,7 +504,7 @@ class QLABGrad(Optimizer):
         if group["max_lr"] is not None and lr > group["max_lr"]:
             lr = group["max_lr"]
             record["capped"] = True
-        _place(params, saved, lr, grads)  # Algorithm 1, line 8: θ_t = θ_{t−1} − α_t∇L(θ_{t−1})
+        _place(targets, saved, lr, grads)  # Algorithm 1, line 8: θ_t = θ_{t−1} − α_t∇L(θ_{t−1})
 
         gs["step"] = t
         gs["last_lr"] = lr
@@ -627,10 +656,11 @@ class QLAB(Optimizer):
             self._finish_step(record)
             return loss
 
-        saved = [p.data.copy() for p in params]
+        targets = [p.data for p in params]
+        saved = [t.copy() for t in targets]
 
         def g_at(alpha):  # g(α) = L(θ − αV), one probe forward
-            _place(params, saved, alpha, dirs)
+            _place(targets, saved, alpha, dirs)
             return self.probe(closure)
 
         try:
@@ -642,7 +672,7 @@ class QLAB(Optimizer):
                 record["findplr_halvings"] = halvings
                 record["evals"] += n
         except BaseException:
-            _restore(params, saved)
+            _restore(targets, saved)
             raise
 
         a2 = (probe - a0 - a1 * beta) / beta**2  # Eq. (9)
@@ -654,7 +684,7 @@ class QLAB(Optimizer):
         if group["max_lr"] is not None and lr > group["max_lr"]:
             lr = group["max_lr"]
             record["capped"] = True
-        _place(params, saved, lr, dirs)  # θ_t = θ_{t−1} − α_t V
+        _place(targets, saved, lr, dirs)  # θ_t = θ_{t−1} − α_t V
         gs["prev_lr"] = lr
         record.update(probe_loss=probe, a2=a2, alpha_star=alpha_star, lr=lr, pre_lr=beta, fallback=fallback)
         self._finish_step(record)
