@@ -29,6 +29,12 @@ def pytest_report_header(config):
     return f"qlabref test seed: QLABREF_TEST_SEED={_SEED} (set it to replay the random inputs)"
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # also under -q (which hides the header): a failure can always be replayed
+    if exitstatus != 0:
+        terminalreporter.write_line(f"qlabref test seed: QLABREF_TEST_SEED={_SEED} (set it to replay the random inputs)")
+
+
 @pytest.fixture
 def rng(request):
     # Different stream per test, reproducible from the printed session seed.
