@@ -30,26 +30,47 @@ _KEY_RULES = (
 )
 
 
-def translate_keys(state_dict):
-    """Strip a leading ``module.`` and map kuangliu's ``shortcut``/``linear`` to torchvision's
-    ``downsample``/``fc``. Values become NumPy arrays. Two source keys mapping to one name is an error."""
-    out = OrderedDict()
+def _kuangliu_to_torchvision(key):
+    for pattern, repl in _KEY_RULES:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def translate_keys(state_dict, model_keys=None):
+    """A PyTorch state_dict's keys in qlabref's (torchvision) naming; values become NumPy arrays.
+
+    Without ``model_keys``: strip a leading ``module.`` and map kuangliu's ``shortcut``/``linear`` to
+    ``downsample``/``fc``, unconditionally. With ``model_keys`` (the keys of the model to load into),
+    a key the model already has is kept as it is, and a renaming is used only when it produces a key
+    of the model; other keys pass through unchanged (so they are reported as unexpected under the
+    name the user gave). Two source keys mapping to one name is an error."""
+    out, source = OrderedDict(), {}
     for key, value in state_dict.items():
-        new = key[len("module."):] if key.startswith("module.") else key
-        for pattern, repl in _KEY_RULES:
-            new = pattern.sub(repl, new)
+        if model_keys is None:
+            new = _kuangliu_to_torchvision(key[len("module."):] if key.startswith("module.") else key)
+        else:
+            new = key
+            if new not in model_keys:
+                candidates = [key[len("module."):]] if key.startswith("module.") else []
+                candidates += [_kuangliu_to_torchvision(c) for c in candidates + [key]]
+                new = next((c for c in candidates if c in model_keys), key)
         if new in out:
-            raise ValueError(f"translate_keys: keys map to the same name '{new}' (second source key: '{key}')")
-        out[new] = np.asarray(_as_array(value))
+            raise ValueError(f"translate_keys: keys '{source[new]}' and '{key}' both map to '{new}'")
+        source[new] = key
+        try:
+            out[new] = _as_array(value)
+        except Exception:  # noqa: BLE001 - e.g. bfloat16: load_state_dict reports it under its key
+            out[new] = value
     return out
 
 
 def load_torch_state_dict(model: Module, state_dict, strict=True):
     """Load a PyTorch state_dict into ``model`` (see module docstring). Values are cast to the model's
-    dtypes; shapes must match exactly. Returns ``(missing_keys, unexpected_keys)``."""
+    dtypes; shapes must match exactly; a failed load changes nothing. Returns
+    ``(missing_keys, unexpected_keys)``."""
     if not isinstance(model, Module):
         raise TypeError(f"load_torch_state_dict: model must be a qr.nn.Module, got {type(model).__name__}")
-    return model.load_state_dict(translate_keys(state_dict), strict=strict)
+    return model.load_state_dict(translate_keys(state_dict, set(model._state_targets())), strict=strict)
 
 
 # ------------------------------------------------------------------------------------------ to_torch

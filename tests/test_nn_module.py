@@ -249,3 +249,95 @@ def test_qlabgrad_on_flat_buffers_equals_per_parameter_steps(rng):
     np.testing.assert_allclose(theta_b, theta_a, rtol=1e-11, atol=1e-13)
     for ra, rb in zip(recs_a, recs_b):
         assert rb["lr"] == pytest.approx(ra["lr"], rel=1e-9) and rb["evals"] == ra["evals"]
+
+
+# ------------------------------------------------------------------------------------------ PyTorch's container rules
+def test_tied_modules_are_counted_once_like_torch(rng):
+    shared = qr.nn.Linear(3, 3, dtype=np.float64)
+    m = qr.nn.Sequential(shared, qr.nn.ReLU(), shared)
+    assert len(m.parameters()) == 2 and m.num_parameters() == 12
+    assert list(m.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]  # torch lists both names
+    assert m.flat_parameters().size == 12
+    x = qr.tensor(rng.standard_normal((4, 3)))
+    opt = qr.optim.SGD(m.parameters(), lr=0.1)  # no "parameter appears more than once"
+    opt.step(lambda: (m(x) * m(x)).mean())
+
+
+def test_reassignment_keeps_order_and_rejects_plain_tensors():
+    lin = qr.nn.Linear(2, 3)
+    lin.weight = qr.nn.Parameter(np.zeros((3, 2), dtype=np.float32))
+    assert list(lin.state_dict()) == ["weight", "bias"]
+    with pytest.raises(TypeError, match="cannot assign a Tensor as parameter 'weight'"):
+        lin.weight = qr.tensor(np.zeros((3, 2), dtype=np.float32))
+    lin.bias = None  # allowed, as in torch: the key disappears
+    assert list(lin.state_dict()) == ["weight"] and lin.bias is None
+    m = qr.nn.Sequential(qr.nn.Linear(2, 2), qr.nn.Linear(2, 2))
+    setattr(m, "0", qr.nn.Linear(2, 2))
+    assert list(m.state_dict())[:2] == ["0.weight", "0.bias"]
+
+
+def test_models_pickle_and_deepcopy(rng):
+    import copy
+    import pickle
+
+    m = models.resnet18(num_classes=4, variant="imagenet")
+    m.load_state_dict(_perturbed(m.state_dict(), rng))
+    for clone in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+        for (k, a), (_, b) in zip(m.state_dict().items(), clone.state_dict().items()):
+            np.testing.assert_array_equal(a, b, err_msg=k)
+        assert clone.layer2[0].downsample[0].path() == "layer2.0.downsample.0"
+        clone.layer1[0].conv1.weight.data[...] = 0  # independent storage
+        assert np.any(m.layer1[0].conv1.weight.data != 0)
+
+
+def test_unconvertible_value_is_named_and_nothing_loads(rng):
+    m = qr.nn.Sequential(qr.nn.Linear(2, 2), qr.nn.BatchNorm2d(2))
+    before = m.state_dict()
+    sd = _perturbed(before, rng)
+    sd["1.running_mean"] = np.array(["a", "b"])
+    with pytest.raises(qr.nn.StateDictError, match=r"'1\.running_mean' has dtype <U1"):
+        m.load_state_dict(sd)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=f"{k} was partially loaded")
+
+
+def test_all_problems_are_reported_together(rng):
+    m = models.mlp()
+    sd = _perturbed(m.state_dict(), rng)
+    del sd["fc3.bias"]
+    sd["fc1.weight"] = np.zeros((2, 2), dtype=np.float32)
+    with pytest.raises(qr.nn.StateDictError) as info:
+        m.load_state_dict(sd)
+    msg = str(info.value)
+    assert "missing keys: fc3.bias" in msg and "'fc1.weight' has shape (2, 2) in the state_dict but (1000, 784)" in msg
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
+
+
+def test_translate_keys_keeps_a_models_own_names():
+    """A model whose child is really called ``linear`` loads its own checkpoint (no kuangliu renaming)."""
+    class Net(qr.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = qr.nn.Linear(2, 2)
+            self.shortcut = qr.nn.Linear(2, 2)
+
+    a, b = Net(), Net()
+    interop.load_torch_state_dict(b, {"module." + k: v for k, v in a.state_dict().items()})
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_dtype_mismatch_names_layer_and_both_dtypes():
+    m = models.mlp()  # float32
+    with pytest.raises(ValueError, match=r"fc1 \(Linear\): input has dtype float64, the layer's parameters are float32"):
+        m(qr.tensor(np.zeros((2, 784))))
+    with pytest.raises(ValueError, match=r"conv1 \(Conv2d\): input has dtype float64"):
+        models.resnet18()(qr.tensor(np.zeros((2, 3, 32, 32))))
+
+
+def test_pool_and_flatten_errors_name_the_layer():
+    m = qr.nn.Sequential(qr.nn.Conv2d(1, 2, 3), qr.nn.MaxPool2d(5))
+    with pytest.raises(ValueError, match=r"^1 \(MaxPool2d\): max_pool2d: input of spatial size 3x3"):
+        m(qr.tensor(np.zeros((1, 1, 5, 5), dtype=np.float32)))
+    with pytest.raises(ValueError, match="end_dim 3 is out of range"):
+        F.flatten(qr.tensor(np.ones((2, 3, 1))), 1, 3)

@@ -186,6 +186,8 @@ def test_each_layer_matches_torch(torch, rng, mode, dtype):
         (qr.nn.BatchNorm2d(3, dtype=dtype), tnn.BatchNorm2d(3)),
         (qr.nn.BatchNorm2d(3, momentum=None, dtype=dtype), tnn.BatchNorm2d(3, momentum=None)),
         (qr.nn.BatchNorm2d(3, affine=False, dtype=dtype), tnn.BatchNorm2d(3, affine=False)),
+        (qr.nn.BatchNorm2d(3, eps=1e-2, momentum=0.3, dtype=dtype), tnn.BatchNorm2d(3, eps=1e-2, momentum=0.3)),
+        (qr.nn.BatchNorm2d(3, track_running_stats=False, dtype=dtype), tnn.BatchNorm2d(3, track_running_stats=False)),
         (qr.nn.MaxPool2d(3, stride=2, padding=1), tnn.MaxPool2d(3, stride=2, padding=1)),
         (qr.nn.AvgPool2d(3, stride=2, padding=1), tnn.AvgPool2d(3, stride=2, padding=1)),
         (qr.nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False),
@@ -270,3 +272,49 @@ def test_qlab_probe_model_step_matches_manual(torch, rng):
     for k in sd:
         assert qr.relative_error(sd[k], tsd[k].numpy()) < 1e-9, k
     assert int(sd["1.num_batches_tracked"]) == int(saved_buffers["1.num_batches_tracked"]) + 1
+
+
+@pytest.mark.parametrize("kw", [dict(momentum=None), dict(momentum=0.3, eps=1e-3), dict(affine=False),
+                                dict(track_running_stats=False)])
+def test_batchnorm_running_statistics_over_several_steps(torch, rng, kw):
+    """Three training steps then eval: running statistics (cumulative average for momentum=None),
+    num_batches_tracked and the eval output follow PyTorch; also through ``to_torch``."""
+    ours = qr.nn.BatchNorm2d(3, dtype=np.float64, **kw)
+    theirs = torch.nn.BatchNorm2d(3, **kw).double()
+    converted = interop.to_torch(ours)
+    for _ in range(3):
+        x = rng.standard_normal((4, 3, 5, 2)) * rng.uniform(0.5, 3) + rng.normal()
+        ours.train(), theirs.train(), converted.train()
+        out = ours(qr.tensor(x)).data
+        with torch.no_grad():
+            tout = theirs(torch.tensor(x)).numpy()
+            cout = converted(torch.tensor(x)).numpy()
+        assert qr.relative_error(out, tout) < 1e-12 and qr.relative_error(cout, tout) < 1e-12
+        sd, tsd = ours.state_dict(), theirs.state_dict()
+        assert list(sd) == list(tsd)
+        for k in sd:
+            assert qr.relative_error(sd[k], tsd[k].numpy()) < 1e-12, k
+    ours.eval(), theirs.eval()
+    x = rng.standard_normal((2, 3, 5, 2))
+    with torch.no_grad():
+        assert qr.relative_error(ours(qr.tensor(x)).data, theirs(torch.tensor(x)).numpy()) < 1e-12
+
+
+def test_max_pool_window_of_minus_infinity_next_to_padding(torch):
+    """A window whose real elements are all −inf: PyTorch routes the gradient to its first real
+    element, never to the padding."""
+    x = np.full((1, 1, 3, 3), -np.inf)
+    q = qr.tensor(x.copy(), requires_grad=True)
+    F.max_pool2d(q, 3, 1, 1).sum().backward()
+    t = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(t, 3, 1, 1).sum().backward()
+    np.testing.assert_array_equal(q.grad, t.grad.numpy())
+
+
+def test_load_torch_bfloat16_names_the_key(torch):
+    m = qr.nn.Linear(2, 2)
+    sd = {"weight": torch.zeros((2, 2), dtype=torch.bfloat16), "bias": torch.zeros(2)}
+    before = m.state_dict()
+    with pytest.raises(qr.nn.StateDictError, match="'weight' cannot be read as a NumPy array"):
+        interop.load_torch_state_dict(m, sd)
+    np.testing.assert_array_equal(m.state_dict()["bias"], before["bias"])

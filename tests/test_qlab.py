@@ -582,7 +582,7 @@ def test_qr_nn_batchnorm2d_running_statistics_after_qlabgrad_equal_sgd(rng):
     seed = int(rng.integers(2**31))
 
     def make_bn():
-        bn = nn.BatchNorm2d(3)
+        bn = nn.BatchNorm2d(3, dtype=np.float64)
         bn.train()
         return bn, list(bn.parameters())
 

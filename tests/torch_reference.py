@@ -146,6 +146,7 @@ def randomise_batchnorm(model, generator):
                 if m.affine:
                     m.weight.uniform_(0.5, 1.5, generator=generator)
                     m.bias.normal_(0, 0.2, generator=generator)
-                m.running_mean.normal_(0, 0.2, generator=generator)
-                m.running_var.uniform_(0.5, 2.0, generator=generator)
-                m.num_batches_tracked.fill_(int(torch.randint(0, 50, (1,), generator=generator)))
+                if m.track_running_stats:
+                    m.running_mean.normal_(0, 0.2, generator=generator)
+                    m.running_var.uniform_(0.5, 2.0, generator=generator)
+                    m.num_batches_tracked.fill_(int(torch.randint(0, 50, (1,), generator=generator)))

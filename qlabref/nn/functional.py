@@ -108,7 +108,10 @@ def relu(x):
 def flatten(x, start_dim=1, end_dim=-1):
     """Merge axes ``start_dim..end_dim`` into one (PyTorch's ``torch.flatten``)."""
     xt = as_tensor(x)
-    nd = xt.ndim
+    nd = max(xt.ndim, 1)
+    for name, dim in (("start_dim", start_dim), ("end_dim", end_dim)):
+        if not -nd <= dim < nd:
+            raise ValueError(f"flatten: {name} {dim} is out of range for an input of shape {xt.shape}")
     s, e = start_dim % nd, end_dim % nd
     if s > e:
         raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {xt.shape}")

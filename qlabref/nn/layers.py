@@ -53,6 +53,25 @@ def uniform_(rng, shape, bound, dtype):
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
 
 
+def _check_dtype(layer, x, dtype):
+    """A float32 layer fed float64 (or the reverse) would silently compute in the wider type; PyTorch
+    refuses, and so do we, naming the layer and both dtypes."""
+    xd = np.dtype(x.dtype)
+    if xd != dtype:
+        raise ValueError(
+            f"{layer.path()} ({type(layer).__name__}): input has dtype {xd}, the layer's parameters are {dtype}; "
+            f"convert the input (x.astype(np.{dtype})) or the model (model.to(np.{xd}))"
+        )
+
+
+def _located(layer, fn, *args, **kwargs):
+    """Call a functional op; a ValueError it raises is re-raised with the layer's name in front."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"{layer.path()} ({type(layer).__name__}): {e}") from None
+
+
 def _positive_int(value, name, owner):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
@@ -78,6 +97,7 @@ class Linear(Module):
                 f"{self.path()} (Linear {self.in_features}->{self.out_features}): input has "
                 f"{shape[-1] if shape else 0} features (input shape {shape}), expected {self.in_features}"
             )
+        _check_dtype(self, x, self.weight.dtype)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):
@@ -109,7 +129,8 @@ class Conv2d(Module):
                 f"{self.path()} (Conv2d): weight has {self.in_channels} input channels, got {got} "
                 f"(input shape {shape}; expected (N, {self.in_channels}, H, W))"
             )
-        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+        _check_dtype(self, x, self.weight.dtype)
+        return _located(self, F.conv2d, x, self.weight, self.bias, stride=self.stride, padding=self.padding)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -148,6 +169,10 @@ class BatchNorm2d(Module):
             )
         from ..autograd import is_state_update_enabled
 
+        if self.affine:
+            _check_dtype(self, x, self.weight.dtype)
+        elif self.track_running_stats:
+            _check_dtype(self, x, self._buffers["running_mean"].dtype)
         use_batch = self.training or not self.track_running_stats
         nbt = None
         if self.training and self.track_running_stats and is_state_update_enabled():
@@ -155,8 +180,9 @@ class BatchNorm2d(Module):
             nbt = int(self._buffers["num_batches_tracked"])
         rm = self._buffers.get("running_mean") if (not use_batch or self.training) else None
         rv = self._buffers.get("running_var") if (not use_batch or self.training) else None
-        return F.batch_norm(x, rm, rv, self.weight if self.affine else None, self.bias if self.affine else None,
-                            training=use_batch, momentum=self.momentum, eps=self.eps, num_batches_tracked=nbt)
+        return _located(self, F.batch_norm, x, rm, rv, self.weight if self.affine else None,
+                        self.bias if self.affine else None, training=use_batch, momentum=self.momentum, eps=self.eps,
+                        num_batches_tracked=nbt)
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
@@ -174,7 +200,7 @@ class AvgPool2d(Module):
         self.count_include_pad = count_include_pad
 
     def forward(self, x):
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+        return _located(self, F.avg_pool2d, x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -186,7 +212,7 @@ class MaxPool2d(Module):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return _located(self, F.max_pool2d, x, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -198,7 +224,7 @@ class AdaptiveAvgPool2d(Module):
         self.output_size = output_size
 
     def forward(self, x):
-        return F.adaptive_avg_pool2d(x, self.output_size)
+        return _located(self, F.adaptive_avg_pool2d, x, self.output_size)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
@@ -210,7 +236,7 @@ class Flatten(Module):
         self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x):
-        return F.flatten(x, self.start_dim, self.end_dim)
+        return _located(self, F.flatten, x, self.start_dim, self.end_dim)
 
 
 class Identity(Module):
@@ -232,7 +258,10 @@ class Sequential(Module):
         return len(self._modules)
 
     def __getitem__(self, i):
-        return list(self._modules.values())[i]
+        mods = list(self._modules.values())
+        if isinstance(i, slice):
+            return Sequential(*mods[i])
+        return mods[i]
 
     def __iter__(self):
         return iter(self._modules.values())

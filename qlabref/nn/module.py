@@ -25,8 +25,9 @@ __all__ = ["Parameter", "Module", "StateDictError"]
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-class StateDictError(KeyError):
-    """``load_state_dict`` found missing, unexpected or mis-shaped keys; nothing was loaded."""
+class StateDictError(KeyError, ValueError):
+    """``load_state_dict`` found missing, unexpected, mis-shaped or unconvertible entries; nothing was
+    loaded. A ``KeyError`` (missing/unexpected keys) and a ``ValueError`` (shapes, dtypes) at once."""
 
     def __str__(self):  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""
@@ -64,22 +65,32 @@ class Module:
 
     # ------------------------------------------------------------------ attribute registration
     def __setattr__(self, name, value):
-        if "_parameters" not in self.__dict__:
+        d = self.__dict__
+        if "_parameters" not in d:
             raise AttributeError(f"{type(self).__name__}: call Module.__init__() before assigning attributes")
-        for table in ("_parameters", "_buffers", "_modules"):
-            self.__dict__[table].pop(name, None)
+        params, mods, bufs = d["_parameters"], d["_modules"], d["_buffers"]
         if isinstance(value, Parameter):
-            self._parameters[name] = value
+            mods.pop(name, None), bufs.pop(name, None), d.pop(name, None)
+            params[name] = value  # an existing key keeps its place (state_dict order, as in PyTorch)
+        elif name in params:
+            if value is not None:
+                raise TypeError(f"{type(self).__name__}: cannot assign a {type(value).__name__} as parameter '{name}' "
+                                "(qr.nn.Parameter or None expected)")
+            params[name] = None
         elif isinstance(value, Module):
-            self._modules[name] = value
+            params.pop(name, None), bufs.pop(name, None), d.pop(name, None)
+            mods[name] = value
             object.__setattr__(value, "_parent", weakref.ref(self))
             object.__setattr__(value, "_name", name)
-        elif name in self.__dict__.get("_buffer_names", ()):
-            self._buffers[name] = np.asarray(value)
+        elif name in mods:
+            if value is not None:
+                raise TypeError(f"{type(self).__name__}: cannot assign a {type(value).__name__} as child module "
+                                f"'{name}' (qr.nn.Module or None expected)")
+            mods[name] = None
+        elif name in bufs:
+            bufs[name] = None if value is None else np.asarray(value)
         else:
             object.__setattr__(self, name, value)
-            return
-        self.__dict__.pop(name, None)
 
     def __getattr__(self, name):
         d = self.__dict__
@@ -95,11 +106,30 @@ class Module:
                 return
         object.__delattr__(self, name)
 
+    def __getstate__(self):
+        # the weak reference to the parent cannot be pickled; the parent re-links its children
+        state = dict(self.__dict__)
+        state["_parent"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for name, child in self._modules.items():
+            if child is not None:
+                object.__setattr__(child, "_parent", weakref.ref(self))
+                object.__setattr__(child, "_name", name)
+
     def register_buffer(self, name, array):
-        """A named array that is state but not a parameter (BatchNorm's running statistics)."""
-        names = self.__dict__.setdefault("_buffer_names", set())
-        names.add(name)
-        self._buffers[name] = np.asarray(array)
+        """A named array that is state but not a parameter (BatchNorm's running statistics); part of
+        ``state_dict()``. ``None`` reserves the name without an entry."""
+        if "_buffers" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}: call Module.__init__() before register_buffer")
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"register_buffer: invalid buffer name {name!r}")
+        if name in self._parameters or name in self._modules:
+            raise KeyError(f"register_buffer: '{name}' is already a parameter or child module")
+        self.__dict__.pop(name, None)
+        self._buffers[name] = None if array is None else np.asarray(array)
 
     def path(self) -> str:
         """Dotted name of this module inside the model it belongs to (``layer2.0.conv1``), for errors."""
@@ -111,18 +141,23 @@ class Module:
 
     # ------------------------------------------------------------------ traversal
     def children(self):
-        return iter(self._modules.values())
+        return (m for m in self._modules.values() if m is not None)
 
     def named_children(self):
-        return iter(self._modules.items())
+        return ((k, m) for k, m in self._modules.items() if m is not None)
 
-    def named_modules(self, prefix=""):
-        """(name, module) for self and every descendant, depth first, PyTorch's order."""
-        out, stack = [], [(prefix, self)]
+    def named_modules(self, prefix="", remove_duplicate=True):
+        """(name, module) for self and every descendant, depth first, PyTorch's order. A module
+        reachable under two names (weight tying) is listed once unless ``remove_duplicate=False``."""
+        out, stack, seen = [], [(prefix, self)], set()
         while stack:
             name, m = stack.pop()
+            if remove_duplicate:
+                if id(m) in seen:
+                    continue
+                seen.add(id(m))
             out.append((name, m))
-            kids = [(f"{name}.{k}" if name else k, c) for k, c in m._modules.items()]
+            kids = [(f"{name}.{k}" if name else k, c) for k, c in m._modules.items() if c is not None]
             stack.extend(reversed(kids))
         return iter(out)
 
@@ -130,8 +165,13 @@ class Module:
         return (m for _, m in self.named_modules())
 
     def named_parameters(self, prefix=""):
+        """(name, parameter), each parameter once (a shared one under its first name), PyTorch's order."""
+        seen = set()
         for mname, m in self.named_modules(prefix):
             for pname, p in m._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
                 yield (f"{mname}.{pname}" if mname else pname), p
 
     def parameters(self):
@@ -140,7 +180,17 @@ class Module:
     def named_buffers(self, prefix=""):
         for mname, m in self.named_modules(prefix):
             for bname, b in m._buffers.items():
-                yield (f"{mname}.{bname}" if mname else bname), b
+                if b is not None:
+                    yield (f"{mname}.{bname}" if mname else bname), b
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
+    def requires_grad_(self, requires_grad=True):
+        """Set ``requires_grad`` on every parameter (freeze with False)."""
+        for p in self.parameters():
+            p.requires_grad_(requires_grad)
+        return self
 
     def num_parameters(self) -> int:
         return int(sum(p.data.size for p in self.parameters()))
@@ -171,61 +221,66 @@ class Module:
 
     # ------------------------------------------------------------------ state_dict
     def state_dict(self):
-        """OrderedDict of copies: PyTorch key names, layouts and order (parameters, buffers, children)."""
+        """OrderedDict of copies: PyTorch key names, layouts and order (parameters, buffers, children).
+        A shared module appears under each of its names, as in PyTorch."""
         out = OrderedDict()
-        for mname, m in self.named_modules():
-            pre = f"{mname}." if mname else ""
-            for k, p in m._parameters.items():
-                out[pre + k] = p.data.copy()
-            for k, b in m._buffers.items():
-                out[pre + k] = np.array(b, copy=True)
+        for key, (m, name, kind) in self._state_targets().items():
+            value = m._parameters[name].data if kind == "parameter" else m._buffers[name]
+            out[key] = np.array(value, copy=True)
         return out
 
     def _state_targets(self):
         """key -> (owning module, attribute name, kind) for every entry of ``state_dict()``."""
         targets = OrderedDict()
-        for mname, m in self.named_modules():
+        for mname, m in self.named_modules(remove_duplicate=False):
             pre = f"{mname}." if mname else ""
-            for k in m._parameters:
-                targets[pre + k] = (m, k, "parameter")
-            for k in m._buffers:
-                targets[pre + k] = (m, k, "buffer")
+            for k, p in m._parameters.items():
+                if p is not None:
+                    targets[pre + k] = (m, k, "parameter")
+            for k, b in m._buffers.items():
+                if b is not None:
+                    targets[pre + k] = (m, k, "buffer")
         return targets
 
     def load_state_dict(self, state_dict, strict=True):
-        """Copy arrays (or torch tensors) into this module, in place, after checking every key.
+        """Copy arrays (or torch tensors) into this module, in place, after checking every entry.
 
-        strict: missing or unexpected keys raise ``StateDictError`` listing them; a shape mismatch
-        always raises ``ValueError`` naming the key and both shapes. Nothing is copied unless every
-        check passes. Returns ``(missing_keys, unexpected_keys)``.
+        Every problem is collected first and reported together in one ``StateDictError`` naming the
+        keys: with ``strict`` (default) missing and unexpected keys; always a shape mismatch (key and
+        both shapes) and a value that cannot be converted to the model's dtype (key and both dtypes).
+        Nothing is copied unless every check passes. Values are cast to the dtype of the model's array
+        (as PyTorch's ``copy_``). Returns ``(missing_keys, unexpected_keys)``.
         """
         targets = self._state_targets()
-        arrays = OrderedDict((k, _as_array(v)) for k, v in state_dict.items())
-        missing = [k for k in targets if k not in arrays]
-        unexpected = [k for k in arrays if k not in targets]
-        if strict and (missing or unexpected):
-            parts = []
-            if missing:
-                parts.append("missing keys: " + ", ".join(missing))
-            if unexpected:
-                parts.append("unexpected keys: " + ", ".join(unexpected))
-            raise StateDictError(f"load_state_dict into {type(self).__name__}: " + "; ".join(parts)
-                                 + " (nothing was loaded)")
-        for k, arr in arrays.items():
+        keys = list(state_dict.keys())
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in keys if k not in targets]
+        problems, ready = [], OrderedDict()
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        for k in keys:
             if k not in targets:
                 continue
             m, name, kind = targets[k]
             current = m._parameters[name].data if kind == "parameter" else m._buffers[name]
-            if arr.shape != current.shape:
-                raise ValueError(
-                    f"load_state_dict: '{k}' has shape {arr.shape} in the state_dict but {current.shape} in "
-                    f"the model (nothing was loaded)"
-                )
-            if kind == "parameter" and arr.dtype.kind not in "fiu":
-                raise ValueError(f"load_state_dict: '{k}' has dtype {arr.dtype}, need a number array")
-        for k, arr in arrays.items():
-            if k not in targets:
+            try:
+                arr = np.asarray(_as_array(state_dict[k]))
+            except Exception as e:  # noqa: BLE001 - e.g. a torch bfloat16 tensor has no NumPy form
+                problems.append(f"'{k}' cannot be read as a NumPy array ({type(e).__name__}: {e})")
                 continue
+            if arr.shape != current.shape:
+                problems.append(f"'{k}' has shape {arr.shape} in the state_dict but {current.shape} in the model")
+                continue
+            if arr.dtype.kind not in "biuf":
+                problems.append(f"'{k}' has dtype {arr.dtype}, the model's array is {current.dtype}")
+                continue
+            ready[k] = arr
+        if problems:
+            raise StateDictError(f"load_state_dict into {type(self).__name__}: " + "; ".join(problems)
+                                 + " (nothing was loaded)")
+        for k, arr in ready.items():
             m, name, kind = targets[k]
             if kind == "parameter":
                 m._parameters[name].data[...] = arr  # in place: flat-buffer views stay views
@@ -248,7 +303,7 @@ class Module:
             p.grad = None
         for m in self.modules():
             for k, b in list(m._buffers.items()):
-                if b.dtype.kind == "f":
+                if b is not None and b.dtype.kind == "f":
                     m._buffers[k] = b.astype(dtype)
         self.__dict__.pop("_flat_params", None)
         self.__dict__.pop("_flat_grads", None)

@@ -244,6 +244,13 @@ class MaxPool2d(Function):
         win = _windows(xp, k, s, out_hw).transpose(0, 1, 4, 5, 2, 3).reshape(*x.shape[:2], *out_hw, -1)
         idx = np.argmax(win, axis=-1)  # first maximum (NaN counts as maximal, so NaN propagates)
         out = np.take_along_axis(win, idx[..., None], axis=-1)[..., 0]
+        if p != (0, 0) and np.isneginf(out).any():
+            # A window whose real elements are all −inf ties with the −inf padding; PyTorch scans only
+            # real elements, so its index is the window's first non-padding position.
+            real = _pad(np.ones((1, 1, *x.shape[2:]), dtype=bool), p, value=False)
+            real_win = _windows(real, k, s, out_hw).transpose(0, 1, 4, 5, 2, 3).reshape(1, 1, *out_hw, -1)
+            first_real = np.broadcast_to(np.argmax(real_win, axis=-1), idx.shape)
+            idx = np.where(np.isneginf(out), first_real, idx)
         ctx.save(idx)
         ctx.geom = (xp.shape, k, s, p, out_hw)
         return out
