@@ -2,7 +2,7 @@
 learning-rate scheme, with the autodiff, layers, baselines and figures needed to check its claims.
 
 Exports are listed explicitly. The heavier subpackages (``nn``, ``optim``, ``models``, ``functions``,
-``interop``, ``data``, ...) are imported on first access (``qr.optim``), so ``import qlabref`` stays
+``interop``, ...) are imported on first access (``qr.optim``), so ``import qlabref`` stays
 quick and never needs torch or numba-cuda.
 """
 from __future__ import annotations
@@ -35,7 +35,6 @@ _LAZY_MODULES = {
     "models": "qlabref.models",
     "functions": "qlabref.functions",
     "interop": "qlabref.interop",
-    "data": "qlabref.data",
     "plots": "qlabref.plots",
     "kernels": "qlabref.kernels",
 }

@@ -85,3 +85,14 @@ def test_readme_starts_with_the_two_commands():
     assert "pytest" in tests and "[test]" in tests and "python3 -m venv" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert "QLABREF_REQUIRE_TORCH=1" in ci and "torch==2.13.0" in ci
+
+
+def test_star_import_and_every_advertised_name_resolves():
+    """Every name in qlabref.__all__ resolves (the lazy subpackages exist), so `from qlabref import *` works."""
+    import qlabref
+
+    for name in qlabref.__all__:
+        assert getattr(qlabref, name) is not None, name
+    namespace = {}
+    exec("from qlabref import *", namespace)
+    assert "nn" in namespace and "models" in namespace
