@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from ..autograd import is_state_update_enabled
 from ..ops.nn_ops import pair
 from . import functional as F
 from .module import Module, Parameter
@@ -167,8 +168,6 @@ class BatchNorm2d(Module):
             raise ValueError(
                 f"{self.path()} (BatchNorm2d): expected input (N, {self.num_features}, H, W), got shape {shape}"
             )
-        from ..autograd import is_state_update_enabled
-
         if self.affine:
             _check_dtype(self, x, self.weight.dtype)
         elif self.track_running_stats:
@@ -178,8 +177,8 @@ class BatchNorm2d(Module):
         if self.training and self.track_running_stats and is_state_update_enabled():
             self.num_batches_tracked = self._buffers["num_batches_tracked"] + 1
             nbt = int(self._buffers["num_batches_tracked"])
-        rm = self._buffers.get("running_mean") if (not use_batch or self.training) else None
-        rv = self._buffers.get("running_var") if (not use_batch or self.training) else None
+        # None when track_running_stats=False: then batch statistics are used in eval mode too
+        rm, rv = self._buffers.get("running_mean"), self._buffers.get("running_var")
         return _located(self, F.batch_norm, x, rm, rv, self.weight if self.affine else None,
                         self.bias if self.affine else None, training=use_batch, momentum=self.momentum, eps=self.eps,
                         num_batches_tracked=nbt)

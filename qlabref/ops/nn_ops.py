@@ -91,6 +91,12 @@ def _windows(xp, k, s, out_hw):
     )
 
 
+def _window_rows(xp, k, s, out_hw):
+    """(N, C, OH, OW, kH·kW): each pooling window's elements in row-major order (a copy)."""
+    n, c = xp.shape[:2]
+    return _windows(xp, k, s, out_hw).transpose(0, 1, 4, 5, 2, 3).reshape(n, c, *out_hw, -1)
+
+
 def _offset_slices(i, j, s, out_hw):
     """The slice of the padded input touched by kernel offset (i, j) at every output position."""
     return (slice(None), slice(None), slice(i, i + s[0] * (out_hw[0] - 1) + 1, s[0]),
@@ -241,14 +247,14 @@ class MaxPool2d(Function):
     def forward(ctx, x, kernel_size, stride=None, padding=0):
         k, s, p, out_hw = _pool_geometry("max_pool2d", x, kernel_size, stride, padding)
         xp = _pad(x, p, value=-np.inf)
-        win = _windows(xp, k, s, out_hw).transpose(0, 1, 4, 5, 2, 3).reshape(*x.shape[:2], *out_hw, -1)
+        win = _window_rows(xp, k, s, out_hw)
         idx = np.argmax(win, axis=-1)  # first maximum (NaN counts as maximal, so NaN propagates)
         out = np.take_along_axis(win, idx[..., None], axis=-1)[..., 0]
         if p != (0, 0) and np.isneginf(out).any():
             # A window whose real elements are all −inf ties with the −inf padding; PyTorch scans only
             # real elements, so its index is the window's first non-padding position.
             real = _pad(np.ones((1, 1, *x.shape[2:]), dtype=bool), p, value=False)
-            real_win = _windows(real, k, s, out_hw).transpose(0, 1, 4, 5, 2, 3).reshape(1, 1, *out_hw, -1)
+            real_win = _window_rows(real, k, s, out_hw)
             first_real = np.broadcast_to(np.argmax(real_win, axis=-1), idx.shape)
             idx = np.where(np.isneginf(out), first_real, idx)
         ctx.save(idx)
