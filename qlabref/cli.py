@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 from . import __version__, commands
+from .errors import UsageError
 
 # The order in which commands are listed in --help; commands not named here follow alphabetically.
 _ORDER = ["demo", "trajectories", "explain", "verify", "train", "plot", "reproduce", "bench", "data"]
@@ -47,7 +48,12 @@ def main(argv=None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as exc:
+        # A user's mistake: one line on stderr, exit code 2, no traceback (API.md, Command line).
+        print(f"qlabref {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
