@@ -36,6 +36,8 @@ _LAZY_MODULES = {
     "functions": "qlabref.functions",
     "interop": "qlabref.interop",
     "plots": "qlabref.plots",
+    "data": "qlabref.data",
+    "train": "qlabref.train",
     "kernels": "qlabref.kernels",
 }
 _LAZY_NAMES = {
