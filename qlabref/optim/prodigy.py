@@ -22,8 +22,10 @@ warmup or restarts; ``d_coef`` is the knob to tune (0.5 or 2 "typically work as 
 Deliberate differences from the authors' code:
 - no gradient so far (Σ‖s‖₁ = 0): a step that changes nothing (``last_step["skipped"]``), as the
   authors' early return, but without first updating m and v (they are zero then anyway);
-- a parameter whose initial values are all zero keeps x0 as a zero array (the authors store a
-  scalar 0 to save memory; the numbers are the same);
+- ``s`` and ``p0`` have the parameter's shape (with ``slice_p`` > 1 only every slice_p-th entry of
+  the flattened array is used, the rest stays 0), and a parameter whose initial values are all zero
+  keeps a zero ``p0`` array (the authors store only the used entries, and a scalar 0 for an
+  all-zero parameter, to save memory; the numbers are the same);
 - the user's ``.grad`` is left untouched; ``fsdp_in_use`` is not offered.
 Only group 0's ``betas``, ``beta3``, ``d_coef``, ``growth_rate``, ``decouple``, ``use_bias_correction``
 are used, and ``lr`` per group must be the largest lr or 0 (as the authors' code).
@@ -61,7 +63,7 @@ class Prodigy(LRFreeOptimizer):
     use_bias_correction=False, safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=math.inf,
     slice_p=1)``: the authors' defaults (``beta3=None`` means √β2). 1 closure call per step;
     ``step()`` uses the existing ``.grad``.
-    State: per parameter ``step``, ``s``, ``p0`` (flattened, every ``slice_p``-th entry), ``exp_avg``
+    State: per parameter ``step``, ``s``, ``p0`` (x0; both used at every ``slice_p``-th entry), ``exp_avg``
     (β1 > 0), ``exp_avg_sq``; ``global_state``: ``k``, ``d``, ``d_max``, ``numerator``.
     """
 
@@ -111,20 +113,23 @@ class Prodigy(LRFreeOptimizer):
                 g = p.grad + decay * p.data if decay != 0 and not decouple else p.grad
                 st = self.state.get(p)
                 if st is None:
-                    st = {"step": 0, "s": np.zeros_like(p.data.ravel()[::sp]), "p0": p.data.ravel()[::sp].copy(),
-                          "exp_avg_sq": np.zeros_like(p.data)}
+                    # s and x0 keep the parameter's shape; with slice_p > 1 only every slice_p-th entry
+                    # of the flattened array is used (the authors store just those entries)
+                    st = {"step": 0, "s": np.zeros_like(p.data), "p0": p.data.copy(), "exp_avg_sq": np.zeros_like(p.data)}
                     if beta1 > 0:
                         st["exp_avg"] = np.zeros_like(p.data)
                 m, v, s = st.get("exp_avg"), st["exp_avg_sq"], st["s"]
                 if group["lr"] > 0:
                     sliced = g.ravel()[::sp]
                     # d/d0 instead of d keeps the numbers away from underflow (authors' comment)
-                    delta_numerator += (d / d0) * dlr * _dot(sliced, st["p0"] - p.data.ravel()[::sp])
+                    delta_numerator += (d / d0) * dlr * _dot(sliced, st["p0"].ravel()[::sp] - p.data.ravel()[::sp])
                     if beta1 > 0:
                         m = m * beta1 + (d * (1 - beta1)) * g
                     v = v * beta2 + (d * d * (1 - beta2)) * (g * g)
-                    s = s * beta3 + ((d / d0) * (d if group["safeguard_warmup"] else dlr)) * sliced
-                    d_denom += float(np.sum(np.abs(s)))
+                    s_sliced = s.ravel()[::sp] * beta3 + ((d / d0) * (d if group["safeguard_warmup"] else dlr)) * sliced
+                    s = np.zeros_like(p.data)
+                    s.reshape(-1)[::sp] = s_sliced
+                    d_denom += float(np.sum(np.abs(s_sliced)))
                 new.append((p, group, st, m, v, s, g))
         if d_denom == 0:
             self._record(loss, evals, 0.0, 0.0, 0.0, d=d, d_hat=math.nan, d_max=d_max,
