@@ -29,10 +29,19 @@ import numpy as np
 
 from .optimizer import Optimizer
 
-__all__ = ["BEYOND_PAPER", "has_eval_mode", "check_positive", "check_nonneg"]
+__all__ = ["BEYOND_PAPER", "is_beyond_paper", "has_eval_mode", "check_positive", "check_nonneg"]
 
 #: the "beyond the paper" group, in the order tables and figures show it
 BEYOND_PAPER = ("dog", "dadapt-sgd", "dadapt-adam", "prodigy", "schedulefree-sgd", "schedulefree-adamw")
+
+
+def is_beyond_paper(name) -> bool:
+    """Whether the registered optimizer ``name`` belongs to the beyond-the-paper group (the
+    ``BEYOND_PAPER`` six and the layer-wise variant L-DoG); figures draw these dashed."""
+    from .registry import OPTIMIZERS
+
+    cls = OPTIMIZERS.get(str(name).lower())
+    return cls is not None and issubclass(cls, LRFreeOptimizer)
 
 
 def has_eval_mode(optimizer) -> bool:
