@@ -358,3 +358,6 @@ def test_beyond_paper_group_is_registered_with_the_authors_defaults():
         for k, v in expected[name].items():
             assert opt.defaults[k] == v, (name, k)
         assert qr.optim.has_eval_mode(opt) == (name in ("dog",) or name.startswith("schedulefree"))
+        assert opt.eval() is opt and opt.train() is opt  # every member has both (no-ops where x = y)
+    assert not qr.optim.has_eval_mode(qr.optim.SGD(p, lr=0.1))
+    assert qr.optim.is_beyond_paper("ldog") and not qr.optim.is_beyond_paper("qlabgrad")

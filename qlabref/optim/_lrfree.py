@@ -16,10 +16,11 @@ Common behaviour:
 - ``last_step``: ``loss``, ``lr`` (the method's own step size, see each class), ``grad_norm`` ‖g‖₂
   of the gradient the rule consumed (after coupled weight decay), ``step_norm`` ‖Δθ‖₂, ``evals``,
   plus the method's scalars.
-- Optimizers whose evaluation point differs from the training point (Schedule-Free: x vs y; DoG
-  with iterate averaging: x̄ vs x) have ``train()`` / ``eval()``; ``step`` in eval mode raises
-  ``RuntimeError``. A runner calls ``opt.eval()`` before evaluating the model and ``opt.train()``
-  before the next ``step`` (``has_eval_mode(opt)`` says whether an optimizer needs it).
+- All have ``train()`` / ``eval()``. Where the evaluation point differs from the training point
+  (Schedule-Free: x vs y; DoG with iterate averaging: x̄ vs x) they swap the parameters and ``step``
+  in eval mode raises ``RuntimeError``; elsewhere they do nothing. A runner calls ``opt.eval()``
+  before evaluating the model (or saving weights for inference) and ``opt.train()`` before the next
+  ``step``; ``has_eval_mode(opt)`` says whether an optimizer (of any kind) needs it.
 """
 from __future__ import annotations
 
@@ -100,6 +101,15 @@ class LRFreeOptimizer(Optimizer):
         rec = dict(loss=loss, lr=float(lr), grad_norm=grad_norm, step_norm=math.sqrt(d_sq), evals=evals)
         rec.update(extra)
         self._finish_step(rec)
+
+    def eval(self):
+        """Put the evaluation point into the parameters. Here the same as the training point: nothing
+        to do (DoG with averaging and Schedule-Free override this)."""
+        return self
+
+    def train(self):
+        """Put the training point back into the parameters (undoes ``eval()``); nothing to do here."""
+        return self
 
     @property
     def training(self) -> bool:
