@@ -361,3 +361,37 @@ def test_beyond_paper_group_is_registered_with_the_authors_defaults():
         assert opt.eval() is opt and opt.train() is opt  # every member has both (no-ops where x = y)
     assert not qr.optim.has_eval_mode(qr.optim.SGD(p, lr=0.1))
     assert qr.optim.is_beyond_paper("ldog") and not qr.optim.is_beyond_paper("qlabgrad")
+
+
+# ------------------------------------------------------------------------------ shapes (hypothesis)
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SHAPES = st.lists(st.lists(st.integers(1, 4), min_size=0, max_size=3).map(tuple), min_size=1, max_size=4)
+SHAPE_CASES = [("dog", {}, "DoG"), ("ldog", {}, "LDoG"), ("dadapt-sgd", dict(momentum=0.5), "DAdaptSGD"),
+               ("dadapt-adam", {}, "DAdaptAdam"), ("prodigy", dict(slice_p=2), "Prodigy"),
+               ("schedulefree-sgd", dict(lr=0.1), "SGDScheduleFree"), ("schedulefree-adamw", {}, "AdamWScheduleFree")]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name, kw, their_name", SHAPE_CASES, ids=[c[0] for c in SHAPE_CASES])
+@given(shapes=SHAPES, seed=st.integers(0, 2**32 - 1))
+def test_any_parameter_shapes_match_the_authors_package(torch, name, kw, their_name, shapes, seed):
+    """Scalars, vectors, matrices, 3-d tensors, size-1 axes: ``step()`` from the same random gradients
+    (set directly on both sides), 5 steps, parameters equal to 1e-10."""
+    r = np.random.default_rng(seed)
+    init = [r.normal(size=s) for s in shapes]
+    ours = [qr.tensor(w.copy(), requires_grad=True) for w in init]
+    theirs = [torch.nn.Parameter(torch.tensor(w.copy())) for w in init]
+    opt = qr.optim.get(name, ours, **kw)
+    topt = _their_class(their_name)(theirs, **kw)
+    if name.startswith("schedulefree"):
+        topt.train()
+    for t in range(5):
+        for p, q in zip(ours, theirs):
+            g = r.normal(size=p.shape)
+            p.grad = g.copy()
+            q.grad = torch.tensor(g.copy())
+        opt.step()
+        topt.step()
+        assert_rel([p.data for p in ours], [q.detach().numpy() for q in theirs], f"{name} shapes {shapes} step {t}")
