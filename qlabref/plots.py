@@ -124,8 +124,23 @@ def _mark_minima(ax, fn):
                clip_on=False, label="known minimum" if len(m) == 1 else "known minima")
 
 
+def _beyond_paper(name):
+    """Methods after the paper (``qr.optim.is_beyond_paper``): drawn dashed, labelled as such."""
+    from .optim import is_beyond_paper
+
+    return is_beyond_paper(name)
+
+
+def _ls(name):
+    return "--" if _beyond_paper(name) else "-"
+
+
+def _label(r):
+    return r.label + (" [beyond the paper]" if _beyond_paper(r.optimizer) else "")
+
+
 def _run_label(r):
-    label = r.label
+    label = _label(r)
     if r.hit is not None:
         label += f" — reached at t={r.hit}"
     else:
@@ -151,7 +166,7 @@ def _draw_paths(ax, results, markers=True):
         cut = len(r.path) if (r.left_domain is None or ends_inside) else r.left_domain + 1
         head = r.path[:cut]
         top = r.optimizer == "qlabgrad"  # the subject of the paper is drawn on top
-        (line,) = ax.plot(head[:, 0], head[:, 1], "-", color=color, lw=2.0 if top else 1.6, alpha=0.95,
+        (line,) = ax.plot(head[:, 0], head[:, 1], _ls(r.optimizer), color=color, lw=2.0 if top else 1.6, alpha=0.95,
                           zorder=5.5 if top else 5,
                           marker="o" if markers else None, markersize=2.5, markevery=max(1, len(head) // 60),
                           label=_run_label(r))
@@ -262,11 +277,12 @@ def curves_figure(results, title=None):
         ref = r.target_value if r.target_value is not None else fn.f_min
         gap = np.maximum(r.losses - ref, 1e-16)
         color = _color(r.optimizer, i)
-        ax1.semilogy(np.arange(len(gap)), gap, color=color, label=r.label)
+        ax1.semilogy(np.arange(len(gap)), gap, color=color, ls=_ls(r.optimizer), label=_label(r))
         if r.hit is not None:
             ax1.axvline(r.hit, color=color, ls=":", lw=1)
         if len(r.lrs):
-            ax2.semilogy(np.arange(1, len(r.lrs) + 1), np.where(r.lrs > 0, r.lrs, np.nan), color=color, label=r.label)
+            ax2.semilogy(np.arange(1, len(r.lrs) + 1), np.where(r.lrs > 0, r.lrs, np.nan), color=color,
+                         ls=_ls(r.optimizer), label=_label(r))
     if results:
         ax1.axhline(results[0].tol, color="k", ls="--", lw=0.8, label=f"tolerance {results[0].tol:g}")
     ax1.set_xlabel("iteration t")

@@ -30,6 +30,9 @@ def add_arguments(parser):
     parser.add_argument("--starts", type=int, default=DEMO_STARTS, help=f"start points per function (default {DEMO_STARTS})")
     parser.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"step budget of every run (default {DEMO_STEPS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random start points (default 0)")
+    parser.add_argument("--optimizers", nargs="+", default=[], metavar="NAME",
+                        help="extra optimizers to add (as in `qlabref trajectories`); 'beyond-paper' adds dog, "
+                        "dadapt-sgd, dadapt-adam, prodigy, schedulefree-sgd, schedulefree-adamw (default: none)")
 
 
 def run(args) -> int:
@@ -38,11 +41,14 @@ def run(args) -> int:
     from .. import plots
 
     t0 = time.perf_counter()
-    print("qlabref demo: QLABGrad (FindPLR once) vs SGD and Adam (best lr of a small grid) on the paper's "
+    optimizers = traj.expand_optimizers(list(traj.DEFAULT_OPTIMIZERS) + list(args.optimizers))
+    extra = optimizers[len(traj.DEFAULT_OPTIMIZERS):]
+    print("qlabref demo: QLABGrad (FindPLR once) vs SGD and Adam (best lr of a small grid)"
+          + (f" and {', '.join(extra)}" if extra else "") + " on the paper's "
           f"Booth, Eggholder and Himmelblau; {args.starts} start points each, {args.steps} steps per run at most.",
           flush=True)
     try:
-        comp = traj.compare(traj.DEFAULT_FUNCTIONS, traj.DEFAULT_OPTIMIZERS, n_starts=args.starts, seed=args.seed,
+        comp = traj.compare(traj.DEFAULT_FUNCTIONS, optimizers, n_starts=args.starts, seed=args.seed,
                             steps=args.steps)
     except ValueError as e:
         print(f"qlabref demo: {e}", file=sys.stderr)
