@@ -75,14 +75,23 @@ METHODS = {
     "sgd-ca-decay": ("sgd", {"lr": 0.1}, {"name": "ca-decay", "T_max": ITERS, "eta_min": 1e-3}, "decay"),
     "rmsprop-lr1e-3": ("rmsprop", {"lr": 1e-3}, None, "unfair"),
     "adam-lr1e-3": ("adam", {"lr": 1e-3}, None, "unfair"),
+    # beyond the paper (issue 14): the learning-rate-free methods that followed, with their authors' defaults
+    "dog": ("dog", {}, None, "beyond"),
+    "dadapt-sgd": ("dadapt-sgd", {}, None, "beyond"),
+    "dadapt-adam": ("dadapt-adam", {}, None, "beyond"),
+    "prodigy": ("prodigy", {}, None, "beyond"),
+    "schedulefree-sgd": ("schedulefree-sgd", {}, None, "beyond"),
+    "schedulefree-adamw": ("schedulefree-adamw", {}, None, "beyond"),
 }
 #: the order in which runs are started (QLABGrad and SGD first: they matter most)
 ORDER = ["qlabgrad", "sgd", "adagrad", "hgd", "lqa", "l4gd", "sgd-ss-decay", "sgd-e-decay", "sgd-ca-decay",
-         "rmsprop", "adam", "rmsprop-lr1e-3", "adam-lr1e-3"]
+         "rmsprop", "adam", "rmsprop-lr1e-3", "adam-lr1e-3",
+         "prodigy", "schedulefree-sgd", "schedulefree-adamw", "dadapt-adam", "dadapt-sgd", "dog"]
 
 GRIDS = {
     "mnist-mlp": {"model": "mlp", "seeds": {m: (0, 1, 2) for m in METHODS}},
-    "mnist-cnn": {"model": "cnn", "seeds": {m: ((0, 1, 2) if m in ("qlabgrad", "sgd") else (0,)) for m in METHODS}},
+    "mnist-cnn": {"model": "cnn", "seeds": {m: ((0, 1, 2) if m in ("qlabgrad", "sgd") else (0,)) for m in METHODS
+                                           if METHODS[m][3] != "beyond"}},
 }
 QUICK = {"iters": 300, "eval_every": 100, "test_limit": 2000, "seeds": (0,)}
 CURVE_BUCKET = 30
@@ -93,7 +102,7 @@ def grid_runs(grid, quick=False, methods=None, seeds=None):
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; known: {', '.join(GRIDS)}")
     spec = GRIDS[grid]
-    chosen = [m for m in ORDER if methods is None or m in methods]
+    chosen = [m for m in ORDER if (methods is None or m in methods) and m in spec["seeds"]]
     if methods is not None:
         unknown = sorted(set(methods) - set(METHODS))
         if unknown:
@@ -340,13 +349,12 @@ def findplr_trace(seeds=range(8), dtypes=("float32", "float64"), alpha0=1e-5, mo
     return rows
 
 
-def time_per_step(model="mlp", methods=None, steps=60, block=10, seed=0, warmup=5):
+def time_per_step(model="mlp", methods=None, steps=60, block=10, seed=0):
     """Time per step of each method relative to SGD, measured in **one process**: the methods take
     turns in blocks of ``block`` steps on the same batches, so machine load affects them alike.
     Returns ``{method: {"ms": median ms per step, "ratio": ms / SGD's ms}}``."""
     from . import data, models, optim, tensor
     from .nn import functional as F
-    from .optim import lr_scheduler
 
     methods = methods or [m for m in ORDER if METHODS[m][3] == "paper"]
     X, y = data.mnist("train")
@@ -375,10 +383,10 @@ def time_per_step(model="mlp", methods=None, steps=60, block=10, seed=0, warmup=
             for m, ts in times.items()}
 
 
-def _time_per_step_one_thread(model, steps):
+def _time_per_step_one_thread(model, steps, methods=None):
     """:func:`time_per_step` in a child process with one BLAS thread (the parent may have more)."""
     code = ("import json, qlabref.reproduce as r; "
-            f"print(json.dumps(r.time_per_step(model={model!r}, steps={int(steps)})))")
+            f"print(json.dumps(r.time_per_step(model={model!r}, steps={int(steps)}, methods={methods!r})))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_one_thread_env())
     if proc.returncode != 0:
         raise RuntimeError(f"time_per_step failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -486,17 +494,22 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
     L += table("decay", "Decay schedules on SGD (lr 0.1)", paper=False)
     L += table("unfair", "Where the paper's protocol is unfair: RMSprop and Adam at their customary lr 1e-3",
                paper=False)
+    L += table("beyond", "Beyond the paper: the learning-rate-free methods that followed (authors' defaults)",
+               paper=False)
 
     # figures from the downsampled curves
-    for group, title in (("paper", "paper's methods"), ("decay", "SGD with decay schedules")):
-        runs = [_curve_run(r) for m in ORDER if METHODS[m][3] in (group, "paper" if group == "decay" else group)
-                and (group == "paper" or m in ("sgd", "qlabgrad") or METHODS[m][3] == "decay")
+    picks = {"paper": lambda m: METHODS[m][3] == "paper",
+             "decay": lambda m: m in ("sgd", "qlabgrad") or METHODS[m][3] == "decay",
+             "beyond": lambda m: m in ("sgd", "qlabgrad") or METHODS[m][3] == "beyond"}
+    for group, title in (("paper", "paper's methods"), ("decay", "SGD with decay schedules"),
+                         ("beyond", "beyond the paper")):
+        runs = [_curve_run(r) for m in ORDER if picks[group](m)
                 for r in sorted(by_method.get(m, []), key=lambda r: r["summary"]["config"]["seed"])
                 if r["summary"]["config"]["seed"] == 0]
         if not runs:
             continue
         plt = runplots._plt()
-        tag = "methods" if group == "paper" else "decay"
+        tag = {"paper": "methods", "decay": "decay", "beyond": "beyond"}[group]
         zoom = ((0, 10000 if not quick else 100, 0, 0.2) if model == "mlp" else
                 (20000 if not quick else 200, 30000 if not quick else 300, 0, 0.2))
         fig = runplots.loss_figure(runs, smooth=max(1, 100 // CURVE_BUCKET), zoom=zoom, raw=False,
@@ -528,11 +541,16 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
                      f"{r['loss_ulp']:.2g} |")
         L.append("")
     if with_timing:
-        tm = _time_per_step_one_thread(model=model, steps=30 if quick else 100)
+        tm = _time_per_step_one_thread(model=model, steps=30 if quick else 100,
+                                       methods=[m for m in ORDER if METHODS[m][3] in ("paper", "beyond")
+                                                and m in GRIDS[grid]["seeds"]])
         L += ["## Time per step relative to SGD (one process, methods interleaved in blocks of 10 steps, one thread)",
               "", "| method | ms per step (median) | × SGD | paper |", "|---|---|---|---|"]
         for m, v in tm.items():
-            L.append(f"| {m} | {v['ms']:.2f} | {v['ratio']:.2f} | {PAPER_TIME.get(m, 1.0 if m == 'sgd' else '—')} |")
+            tag = " ‡" if METHODS[m][3] == "beyond" else ""
+            L.append(f"| {m}{tag} | {v['ms']:.2f} | {v['ratio']:.2f} | {PAPER_TIME.get(m, 1.0 if m == 'sgd' else '—')} |")
+        L.append("")
+        L.append("‡ beyond the paper (not in its comparison).")
         L.append("")
     path = os.path.join(results_dir, f"{grid}{suffix}.md")
     tmp = path + ".tmp"
