@@ -339,7 +339,7 @@ def test_lqa_probes_change_nothing_and_see_no_grad(w0):
     close(p.data, w0 - opt.last_step["lr"] * g)
 
 
-def test_lqa_fallback_on_non_finite_probe_and_errors(w0):
+def test_lqa_non_finite_probe_raises_and_errors(w0):
     p = qr.tensor(w0.copy(), requires_grad=True)
 
     def closure():
@@ -347,9 +347,11 @@ def test_lqa_fallback_on_non_finite_probe_and_errors(w0):
         return loss * float("nan") if np.max(np.abs(p.data)) > 10 else loss
 
     opt = qr.optim.LQA([p], lr=100.0)  # the probes land far outside |w| ≤ 10 → NaN
-    opt.step(closure)
-    assert opt.last_step["fallback"] is True and opt.last_step["lr"] == 0.01
-    close(p.data, w0 - 0.01 * grad(w0))
+    before = opt.state_dict()
+    with pytest.raises(qr.optim.NonFiniteProbeError, match="probe"):
+        opt.step(closure)
+    assert np.array_equal(p.data, w0) and opt.state_dict().keys() == before.keys()
+    assert opt.state_dict()["global_state"] == before["global_state"]
     with pytest.raises(TypeError, match="closure"):
         opt.step()
     q = qr.tensor(w0.copy(), requires_grad=True)

@@ -58,8 +58,12 @@ class HGD(Optimizer):
     code), so it is saved by ``state_dict``. SGD-HD supports one parameter group only (as SGDHD).
 
     ``step(closure)``: 1 closure call (zero grads, forward, backward), then the update; ``step()``
-    uses the existing ``.grad``. A NaN loss does not raise (the original code proceeds).
+    uses the existing ``.grad``. A NaN/inf loss or gradient raises ``NonFiniteLossError`` before anything
+    changes (the original code proceeds and writes NaN into θ and η).
     """
+
+    #: atomic steps: one closure call, before any parameter or state array changes
+    _step_snapshot = "light"
 
     def __init__(self, params, lr=1e-3, hypergrad_lr=None, direction="sgd", momentum=0, dampening=0,
                  weight_decay=0, nesterov=False, betas=(0.9, 0.999), eps=1e-8):
@@ -92,8 +96,10 @@ class HGD(Optimizer):
         loss = None
         evals = 0
         if closure is not None:
-            loss = self.evaluate(closure, check_finite=False)
+            loss = self.evaluate(closure)  # NaN/inf loss or gradient → NonFiniteLossError, nothing changed
             evals = 1
+        else:
+            self.check_grads()
         if self.defaults["direction"] == "sgd":
             h = self._step_sgd()
         else:

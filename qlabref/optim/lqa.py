@@ -25,10 +25,13 @@ Safeguards (both modes): η = |η*| (the original's ``abs``, which also turns a 
 η* into a positive step — Table 1 shows no safeguard, so this is a deliberate difference from it);
 the cap ``max_lr`` (default 0.5 for "normalized" as in the original; none for "gradient", where 0.5
 in ∞-normalised units has no meaning); ε = 1e-24 added to the denominator as in the original. If η*
-is not finite (a probe loss is NaN/inf, or all gradients are 0 so d is undefined) we use
-``fallback_lr`` = 0.01 (the original's value for "any exception") and record ``fallback=True``;
-the original code would write NaN into the learning rate in that case (``min(abs(nan), 0.5)`` is
-NaN in Python, no exception is raised).
+is not finite although both probes are (all gradients are 0 so d is undefined, or the fit
+overflows) we use ``fallback_lr`` = 0.01 (the original's value for "any exception") and record
+``fallback=True``. A NaN/inf probe loss raises ``NonFiniteProbeError`` (a ``NonFiniteLossError``)
+with θ and the state unchanged: LQA has no search for a finite probe, and the parabola cannot be
+fitted without both (the rule of ``qlabref.optim.optimizer``). Deliberate difference from the
+original, which takes the blind 0.01 step there (or writes NaN into the learning rate:
+``min(abs(nan), 0.5)`` is NaN in Python, no exception is raised).
 
 Probes: both run inside ``Optimizer.probe``: no graph, no ``.grad`` change and no module-state
 update. Difference from the original on purpose: the original probes a deepcopy in ``eval()`` mode
@@ -39,7 +42,7 @@ parameters are restored from a saved copy, not by subtracting the probe step.
 
 Cost: 3 closure calls per step (1 forward + backward, 2 probe forwards); ``last_step["evals"] == 3``
 (1 when all gradients are zero in "normalized" mode: no probe is made). The closure is required.
-A NaN/inf loss at θ raises ``NonFiniteLossError`` before anything changes.
+A NaN/inf loss or gradient at θ raises ``NonFiniteLossError`` before anything changes.
 
 ``last_step``: ``loss`` (L₀), ``lr`` (η applied to the gradient: the learning rate the paper plots),
 ``eta_star`` (the raw parabola minimiser), ``delta`` (probe distance δ), ``loss_plus``, ``loss_minus``,
@@ -69,6 +72,9 @@ class LQA(Optimizer):
     and no cap for "gradient". One parameter group only. ``set_epoch(e)`` sets the epoch used by the
     normalized mode's δ schedule (the original's ``epoch`` argument).
     """
+
+    #: atomic steps: θ is restored after the probes, everything else changes after them
+    _step_snapshot = "light"
 
     def __init__(self, params, lr=0.1, direction="gradient", delta=1.0, delta_decay=0.02, delta_min_factor=0.1,
                  max_lr=None, fallback_lr=0.01, eps=1e-24):
