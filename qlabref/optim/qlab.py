@@ -296,9 +296,10 @@ def _findplr_loops(g_at, g0, gsq, alpha0, max_evals, owner):
     count = {"probes": 0, "nonfinite": 0}
 
     def _error(message, *args):
-        if count["probes"] and count["nonfinite"] == count["probes"]:  # no finite probe at all
-            return FindPLRNonFiniteError(f"{message}; every one of the {count['probes']} probes was NaN/inf "
-                                         "(no finite probe found); parameters and optimizer state unchanged", *args)
+        if history and not math.isfinite(history[-1][2]):  # the search ended on a NaN/inf probe
+            return FindPLRNonFiniteError(f"{message}; no finite probe found ({count['nonfinite']} of "
+                                         f"{count['probes']} probes were NaN/inf, the last one too); parameters "
+                                         "and optimizer state unchanged", *args)
         return FindPLRError(message, *args)
 
     def g(alpha, loop):
@@ -536,10 +537,9 @@ def _findplr_loops_from_overshoot(g_at, g0, alpha, max_evals, owner):
     probe known to be +inf). Returns ``(g(α), α, halvings, probes)``; raises FindPLRError on budget."""
     halvings = probes = 0
     value = math.inf
-    finite_seen = False
     while not (math.isfinite(value) and value <= g0):  # line 8, non-finite counted as +inf
         if probes >= max_evals:
-            raise (FindPLRError if finite_seen else FindPLRNonFiniteError)(
+            raise (FindPLRError if math.isfinite(value) else FindPLRNonFiniteError)(
                 f"{owner}: the probe loss was not finite and FindPLR's loop 2 (lines 8-11: halve ᾱ while g(ᾱ) > g(0)) "
                 f"did not exit after max_evals={max_evals} halvings; last ᾱ = {alpha!r}, g(ᾱ) = {value!r}, "
                 f"g(0) = {g0!r}",
@@ -547,13 +547,12 @@ def _findplr_loops_from_overshoot(g_at, g0, alpha, max_evals, owner):
             )
         alpha = 0.5 * alpha  # line 9
         if alpha == 0.0:
-            raise (FindPLRError if finite_seen else FindPLRNonFiniteError)(
+            raise (FindPLRError if math.isfinite(value) else FindPLRNonFiniteError)(
                 f"{owner}: FindPLR loop 2 halved ᾱ to 0 without a probe g(ᾱ) <= g(0); g(0) = {g0!r}",
                 2, alpha, value, probes)
         halvings += 1
         value = g_at(alpha)  # line 10
         probes += 1
-        finite_seen = finite_seen or math.isfinite(value)
     return value, alpha, halvings, probes
 
 
