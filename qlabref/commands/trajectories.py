@@ -444,7 +444,7 @@ def _sweep_lines(ax, by_opt):
         left = sum(r.left_domain is not None for r in runs)
         for j, r in enumerate(runs):
             cut = len(r.path) if r.left_domain is None else r.left_domain + 1
-            ax.plot(r.path[:cut, 0], r.path[:cut, 1], "-", color=color, lw=1.0, alpha=0.8,
+            ax.plot(r.path[:cut, 0], r.path[:cut, 1], "-", color=color, lw=1.0, alpha=0.8, zorder=5 + plots._zorder(r),
                     label=f"{opt} {setting} ({sw.stats()['reached']}/{len(runs)} reached, {left} left the domain)" if j == 0 else None)
         ax.scatter(sw.starts[:, 0], sw.starts[:, 1], s=25, c="#1f3bff", edgecolors="white", zorder=8,
                    label="start points" if i == 0 else None)
