@@ -258,12 +258,12 @@ class Optimizer:
             else:
                 got = "None" if loss is None else f"a {type(loss).__name__}"
             raise TypeError(f"{owner}: the closure must return the loss as a 0-d float Tensor built from the "
-                            f"parameters ({where}), got {got}")
+                            f"parameters{where}, got {got}")
         if loss.data.ndim != 0:
-            raise TypeError(f"{owner}: the closure must return a 0-d (scalar) loss Tensor ({where}), got a Tensor of "
+            raise TypeError(f"{owner}: the closure must return a 0-d (scalar) loss Tensor{where}, got a Tensor of "
                             f"shape {loss.shape}; reduce it with .sum() or .mean()")
         if loss.data.dtype.kind != "f":
-            raise TypeError(f"{owner}: the closure must return a float loss Tensor ({where}), got dtype {loss.data.dtype}")
+            raise TypeError(f"{owner}: the closure must return a float loss Tensor{where}, got dtype {loss.data.dtype}")
         return loss
 
     def evaluate(self, closure) -> float:
@@ -279,7 +279,7 @@ class Optimizer:
             raise TypeError(f"{owner}.step: closure must be a callable returning the loss, got {type(closure).__name__}")
         with enable_grad():
             loss = closure()
-        loss = self._check_loss(loss, "forward")
+        loss = self._check_loss(loss, "")
         if not loss.requires_grad:
             raise TypeError(f"{owner}: the closure returned a loss Tensor that is not attached to any graph "
                             "(requires_grad=False: computed under no_grad(), detached, or from constants only)")
@@ -305,7 +305,7 @@ class Optimizer:
         overshoot, and must raise ``NonFiniteProbeError`` itself if it finds no finite probe)."""
         with no_grad(), no_state_update():
             loss = closure()
-        value = float(self._check_loss(loss, "probe").data)
+        value = float(self._check_loss(loss, " (at a probe evaluation)").data)
         if not allow_nonfinite and not math.isfinite(value):
             raise NonFiniteProbeError(f"{type(self).__name__}: a probe evaluation of the loss returned {value}; "
                                       "parameters and optimizer state unchanged")
