@@ -318,3 +318,58 @@ def test_default_full_snapshot_makes_a_careless_subclass_atomic():
         for p, q in zip(params, before):
             assert p.data.tobytes() == q.tobytes()
         assert _same(opt.state_dict(), sd) is None
+
+
+# ------------------------------------------------------------------------- constructor arguments
+def _numeric_args(cls):
+    import inspect
+    import numbers
+
+    sig = inspect.signature(cls.__init__)
+    for name, prm in sig.parameters.items():
+        d = prm.default
+        if name in ("self", "params") or d is inspect.Parameter.empty or d is None:
+            continue
+        yield name, d, isinstance(d, bool), isinstance(d, numbers.Real) and not isinstance(d, bool)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_constructor_arguments_of_the_wrong_type_are_named(name):
+    cls = qr.optim.registry.OPTIMIZERS[name]
+    p = qr.tensor(np.zeros(2), requires_grad=True)
+    for arg, default, is_flag, is_number in _numeric_args(cls):
+        bad = [None, "1", [1]] if is_flag else ["0.1", True, None, [0.1]] if is_number else []
+        for value in bad:
+            with pytest.raises(TypeError, match=arg):
+                cls([p], **{arg: value})
+
+
+def test_frozen_parameters_and_bad_group_options_are_refused():
+    p = qr.tensor(np.zeros(2), requires_grad=True)
+    q = qr.tensor(np.zeros(2))  # requires_grad=False: would never be updated
+    with pytest.raises(ValueError, match="requires_grad=False"):
+        qr.optim.SGD([p, q], lr=0.1)
+    with pytest.raises(ValueError, match="unknown option"):
+        qr.optim.SGD([{"params": [p], "lrr": 0.1}], lr=0.1)
+    with pytest.raises(TypeError, match="group 0's lr must be a number"):
+        qr.optim.SGD([{"params": [p], "lr": "0.1"}], lr=0.1)
+
+
+def test_scheduler_state_of_another_scheduler_is_refused():
+    from qlabref.optim import lr_scheduler as L
+
+    p = qr.tensor(np.zeros(2), requires_grad=True)
+    step = L.StepLR(qr.optim.SGD([p], lr=0.1), step_size=3)
+    cos = L.CosineAnnealingLR(qr.optim.SGD([p], lr=0.1), T_max=10)
+    before = cos.state_dict()
+    with pytest.raises(ValueError, match="saved by StepLR, not CosineAnnealingLR"):
+        cos.load_state_dict(step.state_dict())
+    with pytest.raises(TypeError, match="got None"):
+        cos.load_state_dict(None)
+    sd = cos.state_dict()
+    sd.pop("T_max")
+    with pytest.raises(ValueError, match="lacks 'T_max'"):
+        cos.load_state_dict(sd)
+    assert cos.state_dict() == before
+    with pytest.raises(TypeError, match="gamma must be a number"):
+        L.ExponentialLR(qr.optim.SGD([p], lr=0.1), gamma="0.9")

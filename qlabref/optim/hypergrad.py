@@ -36,13 +36,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as Fn
-from .optimizer import Optimizer, check_beta, check_lr
+from .optimizer import Optimizer, check_beta, check_lr, check_number
 from .registry import register_optimizer
 
 __all__ = ["HGD"]
 
 
 def _check_nonneg(name, value, owner):
+    check_number(name, value, owner)
     if value is None or not np.isfinite(value) or value < 0:
         raise ValueError(f"{owner}: invalid {name} {value!r} (must be a finite number >= 0)")
 

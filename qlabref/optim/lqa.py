@@ -55,7 +55,7 @@ import math
 import numpy as np
 
 from . import functional as Fn
-from .optimizer import Optimizer, check_lr
+from .optimizer import Optimizer, check_lr, check_number
 from .registry import register_optimizer
 
 __all__ = ["LQA"]
@@ -93,6 +93,7 @@ class LQA(Optimizer):
         check_lr("eps", eps, owner)
         if max_lr is None:
             max_lr = 0.5 if direction == "normalized" else math.inf
+        check_number("max_lr", max_lr, owner)
         if max_lr is None or math.isnan(max_lr) or max_lr <= 0:
             raise ValueError(f"LQA: invalid max_lr {max_lr!r} (must be > 0; math.inf for no cap)")
         super().__init__(params, dict(lr=lr, direction=direction, delta=delta, delta_decay=delta_decay,

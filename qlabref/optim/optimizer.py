@@ -45,19 +45,25 @@ as long as they call the closure through ``evaluate``/``probe``):
    loads nothing on an error. A state without the class tag (built by hand) is refused too: nothing
    else tells, e.g., L4GD's state from L4Mom's; add ``state["optimizer"] = "<ClassName>"`` if you know
    where it came from.
+5. **Hyperparameter types.** Every constructor argument whose default is a bool, a number, a string
+   or a tuple of numbers must have that type (checked by the base class for every subclass, before
+   the subclass's own range checks): ``lr="0.1"``, ``lr=True``, ``amsgrad=None`` are ``TypeError`` s
+   naming the argument.
 """
 from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import math
+import numbers
 
 import numpy as np
 
 from ..autograd import _topological_order, enable_grad, no_grad, no_state_update
 from ..tensor import Tensor
 
-__all__ = ["Optimizer", "NonFiniteLossError", "NonFiniteProbeError", "check_lr", "check_beta",
+__all__ = ["Optimizer", "NonFiniteLossError", "NonFiniteProbeError", "check_lr", "check_beta", "check_number",
            "STATE_DICT_FORMAT"]
 
 #: group keys every optimizer accepts besides its hyperparameters (``initial_lr``: set by the schedulers)
@@ -76,12 +82,20 @@ class NonFiniteProbeError(NonFiniteLossError):
     nothing was changed."""
 
 
+def check_number(name, value, owner):
+    """TypeError unless ``value`` is a real number (not a bool, not a string)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a number, got {value!r} ({type(value).__name__})")
+
+
 def check_lr(name, lr, owner):
+    check_number(name, lr, owner)
     if lr is None or not np.isfinite(lr) or lr < 0:
         raise ValueError(f"{owner}: invalid {name} {lr!r} (must be a finite number >= 0)")
 
 
 def check_beta(name, beta, owner):
+    check_number(name, beta, owner)
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"{owner}: invalid {name} {beta!r} (must be in [0, 1))")
 
@@ -106,6 +120,54 @@ def _shallow_tree(obj):
     if isinstance(obj, dict):
         return {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in obj.items()}
     return obj
+
+
+def _check_hyper_type(owner, name, value, default):
+    """Type check of one constructor argument against its default (rule 5 of the module docstring)."""
+    if default is inspect.Parameter.empty or default is None:
+        return
+    if isinstance(default, bool):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{owner}: {name} must be True or False, got {value!r}")
+    elif isinstance(default, numbers.Real):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{owner}: {name} must be a number, got {value!r} ({type(value).__name__})")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise TypeError(f"{owner}: {name} must be a string, got {value!r} ({type(value).__name__})")
+    elif isinstance(default, tuple) and all(isinstance(d, numbers.Real) and not isinstance(d, bool) for d in default):
+        if (not isinstance(value, (tuple, list))
+                or any(isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) for v in value)):
+            raise TypeError(f"{owner}: {name} must be a tuple of {len(default)} numbers, got {value!r}")
+        if len(value) != len(default):
+            raise ValueError(f"{owner}: {name} must be a tuple of {len(default)} numbers, got {value!r}")
+
+
+def _typed_init(init):
+    """Wrap a subclass's ``__init__``: every argument whose default is a bool, number, string or tuple of
+    numbers must have that type (a string "0.1", a bool for a number, None for a flag are TypeErrors
+    naming the argument) before the subclass's own range checks run."""
+    try:
+        sig = inspect.signature(init)
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return init
+
+    @functools.wraps(init)
+    def typed_init(self, *args, **kwargs):
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError:
+            return init(self, *args, **kwargs)  # Python's own message for a wrong call
+        owner = type(self).__name__
+        for name, value in list(bound.arguments.items())[1:]:
+            prm = sig.parameters[name]
+            if name == "params" or prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD):
+                continue
+            _check_hyper_type(owner, name, value, prm.default)
+        return init(self, *args, **kwargs)
+
+    typed_init._qlabref_typed = True
+    return typed_init
 
 
 def _atomic(step):
@@ -151,6 +213,9 @@ class Optimizer:
         step = cls.__dict__.get("step")
         if step is not None and not getattr(step, "_qlabref_atomic", False):
             cls.step = _atomic(step)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_qlabref_typed", False):
+            cls.__init__ = _typed_init(init)
         if cls._step_snapshot not in ("full", "light"):
             raise ValueError(f"{cls.__name__}._step_snapshot must be 'full' or 'light', got {cls._step_snapshot!r}")
 
@@ -194,6 +259,9 @@ class Optimizer:
                     raise TypeError(f"{owner}: parameter {i} is a {type(p).__name__}, not a qlabref Tensor")
                 if p.data.dtype not in (np.float32, np.float64):
                     raise TypeError(f"{owner}: parameter {i} has dtype {p.data.dtype}; need float32 or float64")
+                if not p.requires_grad:
+                    raise ValueError(f"{owner}: parameter {i} (shape {p.shape}) has requires_grad=False, so it would "
+                                     "never get a gradient nor be updated; leave it out (or requires_grad_())")
                 if id(p) in seen:
                     raise ValueError(f"{owner}: parameter {i} appears more than once")
                 seen.add(id(p))
@@ -202,6 +270,9 @@ class Optimizer:
             if unknown:
                 raise ValueError(f"{owner}: parameter group {gi} sets unknown option(s) {', '.join(unknown)}; "
                                  f"known: {', '.join(sorted(self.defaults)) or '(none)'}")
+            for k in group:
+                if k in self.defaults:
+                    _check_hyper_type(owner, f"parameter group {gi}'s {k}", group[k], self.defaults[k])
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
             self.param_groups.append(group)

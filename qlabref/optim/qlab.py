@@ -242,6 +242,8 @@ def _working_arrays(params, grads):
 def _check_positive(name, value, owner, allow_none=False):
     if value is None and allow_none:
         return None
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ValueError(f"{owner}: {name} must be a positive number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
