@@ -42,6 +42,8 @@ def _to_array(data, dtype=None) -> np.ndarray:
     else:
         if data is None or isinstance(data, (str, bytes, dict, set)):
             raise TypeError(f"tensor: a Tensor holds numbers (bool, integer or float), got {_describe(data)}")
+        if isinstance(data, (list, tuple)) and any(isinstance(v, Tensor) for v in data):
+            raise TypeError("tensor: got a list of Tensors; use qr.stack(tensors) to join them (keeps the graph)")
         try:
             arr = np.asarray(data)
         except ValueError as e:  # ragged nested lists
@@ -82,7 +84,7 @@ class Tensor:
     in ``_node`` until ``backward`` releases it.
     """
 
-    __slots__ = ("_data", "grad", "requires_grad", "_node", "name", "__weakref__")
+    __slots__ = ("_data", "_grad", "requires_grad", "_node", "name", "__weakref__")
     # NumPy defers to our reflected operators: ndarray + Tensor -> Tensor.__radd__.
     __array_ufunc__ = None
 
@@ -93,7 +95,7 @@ class Tensor:
                 f"tensor: requires_grad=True needs a float32 or float64 array, got dtype {arr.dtype}"
             )
         self._data = arr
-        self.grad = None
+        self._grad = None
         self.requires_grad = bool(requires_grad)
         self._node = None
         self.name = name
@@ -102,7 +104,7 @@ class Tensor:
     def _from_op(cls, array, requires_grad):
         t = cls.__new__(cls)
         t._data = array if isinstance(array, np.ndarray) else np.asarray(array)
-        t.grad = None
+        t._grad = None
         t.requires_grad = requires_grad
         t._node = None
         t.name = None
@@ -133,6 +135,25 @@ class Tensor:
                                  f"with an array of shape {value.shape} (its .grad and optimizer state have the old "
                                  "shape); make a new Tensor instead")
         self._data = value
+
+    @property
+    def grad(self):
+        """The gradient (``np.ndarray`` of the data's shape) or None. Assigning checks the shape and
+        that it is a float array (a wrong one would silently broadcast into later backward passes)."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if value is not None:
+            if isinstance(value, Tensor):
+                value = value._data
+            if not isinstance(value, np.ndarray):
+                value = np.asarray(value)
+            if value.dtype.kind != "f":
+                raise TypeError(f"grad: a gradient must be a float array, got dtype {value.dtype}")
+            if value.shape != self._data.shape:
+                raise ValueError(f"grad: a gradient of shape {value.shape} for a tensor of shape {self._data.shape}")
+        self._grad = value
 
     @property
     def shape(self):
@@ -350,7 +371,7 @@ def as_tensor(x, dtype=None) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if dtype is not None and not isinstance(x, np.ndarray):
-        return Tensor._from_op(np.asarray(x, dtype=dtype), requires_grad=False)
+        return Tensor._from_op(_to_array(x, dtype), requires_grad=False)
     if dtype is not None and isinstance(x, np.ndarray) and x.dtype.kind in "biu" :
         return Tensor._from_op(x.astype(dtype), requires_grad=False)
     return Tensor._from_op(_to_array(x), requires_grad=False)

@@ -83,6 +83,43 @@ def test_out_of_range_axes_are_named(shape, extra):
         x.sum(axis=0.5)
 
 
+def test_transpose_axes_out_of_range_are_refused_not_wrapped():
+    x = qr.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    with pytest.raises(ValueError, match="axis 4 is out of range"):
+        x.transpose(1, 4)  # used to wrap 4 % 2 = 0 and return x.T
+    with pytest.raises(TypeError, match="axes must be integers"):
+        x.transpose("a")
+    assert np.array_equal(x.transpose(-1, 0).data, np.arange(6.0).reshape(2, 3).T)
+
+
+def test_reshape_and_operands_are_checked():
+    x = qr.tensor(np.ones((2, 3)), requires_grad=True)
+    with pytest.raises(TypeError, match="shape must be integers"):
+        x.reshape("a")
+    with pytest.raises(ValueError, match="at most one -1"):
+        x.reshape(-1, -1)
+    with pytest.raises(ValueError, match="sizes >= 0"):
+        x.reshape(-2, 3)
+    for bad in (None, "2"):  # would have been NaN / 2.0 silently
+        with pytest.raises(TypeError, match="holds numbers"):
+            x + bad
+        with pytest.raises(TypeError, match="holds numbers"):
+            x ** bad
+    with pytest.raises(TypeError, match="qr.stack"):
+        qr.tensor([x, x])
+
+
+def test_grad_assignment_checks_shape_and_dtype():
+    x = qr.tensor(np.ones((2, 3)), requires_grad=True)
+    with pytest.raises(ValueError, match=r"shape \(5,\) for a tensor of shape \(2, 3\)"):
+        x.grad = np.zeros(5)
+    with pytest.raises(TypeError, match="float array"):
+        x.grad = np.zeros((2, 3), dtype=np.int64)
+    x.grad = np.ones((2, 3))
+    (x * 2.0).sum().backward()
+    assert np.array_equal(x.grad, np.full((2, 3), 3.0))  # accumulated: 1 + 2
+
+
 # ------------------------------------------------------------------------------------------ files
 @pytest.fixture
 def model_and_file(tmp_path):

@@ -429,6 +429,13 @@ class Reshape(Function):
     @staticmethod
     def forward(ctx, a, shape):
         ctx.shape = a.shape
+        if isinstance(shape, numbers.Integral):
+            shape = (shape,)
+        if not isinstance(shape, (tuple, list)) or any(
+                isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in shape):
+            raise TypeError(f"reshape: the shape must be integers, got {shape!r}")
+        if any(n < -1 for n in shape) or sum(n == -1 for n in shape) > 1:
+            raise ValueError(f"reshape: invalid shape {tuple(shape)} (sizes >= 0, at most one -1)")
         try:
             return a.reshape(shape)
         except ValueError:
@@ -445,7 +452,16 @@ class Transpose(Function):
 
     @staticmethod
     def forward(ctx, a, axes=None):
-        axes = tuple(range(a.ndim))[::-1] if axes is None else tuple(int(x) % max(a.ndim, 1) for x in axes)
+        if axes is None:
+            axes = tuple(range(a.ndim))[::-1]
+        else:
+            axes = tuple(axes)
+            for x in axes:
+                if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+                    raise TypeError(f"transpose: axes must be integers, got {axes!r}")
+                if not -a.ndim <= x < max(a.ndim, 1):
+                    raise ValueError(f"transpose: axis {x} is out of range for an array of {a.ndim} dimensions")
+            axes = tuple(int(x) % max(a.ndim, 1) for x in axes)
         if sorted(axes) != list(range(a.ndim)):
             raise ValueError(f"transpose: axes {axes} are not a permutation of the {a.ndim} axes of shape {a.shape}")
         ctx.inverse = tuple(np.argsort(axes))
