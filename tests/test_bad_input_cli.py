@@ -65,6 +65,10 @@ def _cases(tmp, a_file):
         (["trajectories", "--functions", "boothh", "--out", out], "unknown test function 'boothh'"),
         (["trajectories", "--lrs", "sgd=fast", "--out", out], "cannot read learning rates"),
         (["nosuchcommand"], "invalid choice"),
+        (["trajectories", "--functions", "booth", "booth", "--out", out], "booth is given more than once"),
+        (["trajectories", "--optimizers", "l4gd", "l4gd", "--out", out], "l4gd is given more than once"),
+        (["explain", "--model", "mlp", "--step", "500", "--out", out], "at most 200 with --model"),
+        (["explain", "--model", "mlp", "--points", "5000", "--out", out], "at most 1001 with --model"),
     ]
 
 

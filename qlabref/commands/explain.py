@@ -33,6 +33,8 @@ DESCRIPTION = (
 MAX_POINTS = 10_001
 MAX_STEP = 10_000
 MAX_BATCH = 1024
+MAX_MODEL_STEP = 200
+MAX_MODEL_POINTS = 1001
 
 
 def add_arguments(parser):
@@ -44,7 +46,7 @@ def add_arguments(parser):
     parser.add_argument("--model", default=None, choices=["mlp", "paper_cnn", "resnet18"],
                         help="explain a step of a model instead (qr.models, float64) on one random minibatch")
     parser.add_argument("--step", type=_args.positive_int(MAX_STEP), default=3,
-                        help=f"which step to explain, counted from 1 (default 3, at most {MAX_STEP})")
+                        help=f"which step to explain, counted from 1 (default 3, at most {MAX_STEP}; {MAX_MODEL_STEP} with --model)")
     parser.add_argument("--optimizer", default="qlabgrad", help="optimizer that makes the run (default qlabgrad)")
     parser.add_argument("--start", type=_args.finite_float, nargs=2, default=None, metavar=("X", "Y"),
                         help="start point on the 2-D function (default: the function's Figure-2 start)")
@@ -56,7 +58,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=_args.seed, default=None,
                         help="--model only: seed of the weights and the random data (default 0)")
     parser.add_argument("--points", type=_args.bounded_int(3, MAX_POINTS), default=201,
-                        help=f"number of α values on the grid (default 201, from 3 to {MAX_POINTS})")
+                        help=f"number of α values on the grid (default 201, from 3 to {MAX_POINTS}; "
+                        f"at most {MAX_MODEL_POINTS} with --model)")
     parser.add_argument("--out", default="qlabref-out/explain", help="output folder (default ./qlabref-out/explain)")
 
 
@@ -194,6 +197,13 @@ def _check(args):
         raise UsageError(f"unknown optimizer '{args.optimizer}'; qr.optim has: {', '.join(qr.optim.names())}")
     if args.model:
         _args.reject_ignored(args, ["function", "start"], "--model explains a step of a model, not of a 2-D function")
+        # a model step and a grid point are each a forward pass of a network: tighter bounds
+        if args.step > MAX_MODEL_STEP:
+            raise UsageError(f"--step must be at most {MAX_MODEL_STEP} with --model (every step is a forward and "
+                             f"backward pass of the network), got {args.step}")
+        if args.points > MAX_MODEL_POINTS:
+            raise UsageError(f"--points must be at most {MAX_MODEL_POINTS} with --model (every point is a forward "
+                             f"pass of the network), got {args.points}")
     else:
         _args.reject_ignored(args, ["batch", "seed"], "they apply to --model only (a 2-D function has no data)")
         try:

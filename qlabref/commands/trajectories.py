@@ -207,6 +207,10 @@ def plan_runs(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, n_star
 
     fns = [F.get(f) for f in functions]
     optimizers = [o.lower() for o in optimizers]
+    for kind, names in (("test function", [fn.name for fn in fns]), ("optimizer", optimizers)):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{kind} {twice[0]} is given more than once")
     check_optimizers(optimizers)
     if alpha0 is not None and "qlabgrad" not in optimizers:
         raise ValueError("alpha0 is QLABGrad's FindPLR start value, and qlabgrad is not being run")
@@ -462,7 +466,14 @@ def _json_default(o):
 
 
 def run(args) -> int:
-    optimizers = list(DEFAULT_OPTIMIZERS) + [o.lower() for o in args.optimizers if o.lower() not in DEFAULT_OPTIMIZERS]
+    extra = [o.lower() for o in args.optimizers]
+    already = sorted(set(extra) & set(DEFAULT_OPTIMIZERS))
+    if already:
+        from . import _args
+
+        _args.warn("trajectories", f"--optimizers {' '.join(already)}: always run (the defaults are "
+                   f"{', '.join(DEFAULT_OPTIMIZERS)}); --optimizers adds others")
+    optimizers = list(DEFAULT_OPTIMIZERS) + [o for o in extra if o not in DEFAULT_OPTIMIZERS]
     return run_and_report("trajectories", args.functions, optimizers, args.out, n_starts=args.starts, seed=args.seed,
                           steps=args.steps, lrs=args.lrs, alpha0=args.alpha0, tol=args.tol, target=args.target,
                           project=args.project, animate=args.animate)
