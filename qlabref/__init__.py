@@ -36,6 +36,9 @@ _LAZY_MODULES = {
     "functions": "qlabref.functions",
     "interop": "qlabref.interop",
     "plots": "qlabref.plots",
+    "data": "qlabref.data",
+    "runplots": "qlabref.runplots",
+    "train": "qlabref.train",
     "kernels": "qlabref.kernels",
 }
 _LAZY_NAMES = {

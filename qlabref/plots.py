@@ -142,8 +142,23 @@ def _local_target(r):
     return r.target == "local" and r.target_point is not None
 
 
+def _beyond_paper(name):
+    """Methods after the paper (``qr.optim.is_beyond_paper``): drawn dashed, labelled as such."""
+    from .optim import is_beyond_paper
+
+    return is_beyond_paper(name)
+
+
+def _ls(name):
+    return "--" if _beyond_paper(name) else "-"
+
+
+def _label(r):
+    return r.label + (" [beyond the paper]" if _beyond_paper(r.optimizer) else "")
+
+
 def _run_label(r):
-    label = r.label
+    label = _label(r)
     if r.hit is not None and _local_target(r):
         label += f" — reached its local minimum (◆, f={r.target_value:.6g}) at t={r.hit}"
     elif r.hit is not None:
@@ -171,7 +186,7 @@ def _draw_paths(ax, results, markers=True):
         cut = len(r.path) if (r.left_domain is None or ends_inside) else r.left_domain + 1
         head = r.path[:cut]
         z = _zorder(r)  # the subject of the paper is drawn on top
-        (line,) = ax.plot(head[:, 0], head[:, 1], "-", color=color, lw=2.0 if z else 1.6, alpha=0.95,
+        (line,) = ax.plot(head[:, 0], head[:, 1], _ls(r.optimizer), color=color, lw=2.0 if z else 1.6, alpha=0.95,
                           zorder=5 + z, marker="o" if markers else None, markersize=2.5,
                           markevery=max(1, len(head) // 60), label=_run_label(r))
         if cut < len(r.path):
@@ -308,12 +323,12 @@ def _clip_top(values_by_run, diverged, floor=1e-16):
     return top if needed else None
 
 
-def _plot_clipped(ax, x, y, top, color, label, zorder):
+def _plot_clipped(ax, x, y, top, color, label, zorder, ls="-"):
     """``y`` on a log axis, clipped at ``top`` (non-finite values count as above it); a ▲ marks the first
     clipped point. Returns True if anything was clipped."""
     over = ~np.isfinite(y) | (y > top) if top is not None else np.zeros(len(y), bool)
     yc = np.where(over, top if top is not None else np.nan, y)
-    ax.plot(x, yc, color=color, label=label, zorder=zorder)
+    ax.plot(x, yc, color=color, ls=ls, label=label, zorder=zorder)
     if over.any():
         k = int(np.argmax(over))
         ax.scatter([x[k]], [top], marker="^", s=60, color=color, edgecolors="k", linewidths=0.6, zorder=zorder + 1,
@@ -344,15 +359,16 @@ def curves_figure(results, title=None):
     for i, (r, gap, lr, d) in enumerate(zip(results, gaps, lrs, diverged)):
         color = _color(r.optimizer, i)
         z = 2 + _zorder(r)
-        clipped = _plot_clipped(ax1, np.arange(len(gap)), gap, top_gap if d else None, color, r.label, z)
+        ls = _ls(r.optimizer)
+        clipped = _plot_clipped(ax1, np.arange(len(gap)), gap, top_gap if d else None, color, _label(r), z, ls)
         if clipped:
-            ax1.lines[-1].set_label(f"{r.label} — DIVERGED, clipped at the top (▲)")
+            ax1.lines[-1].set_label(f"{_label(r)} — DIVERGED, clipped at the top (▲)")
         if r.hit is not None:
             ax1.axvline(r.hit, color=color, ls=":", lw=1)
         if len(lr):
-            clipped = _plot_clipped(ax2, np.arange(1, len(lr) + 1), lr, top_lr if d else None, color, r.label, z)
+            clipped = _plot_clipped(ax2, np.arange(1, len(lr) + 1), lr, top_lr if d else None, color, _label(r), z, ls)
             if clipped:
-                ax2.lines[-1].set_label(f"{r.label} — DIVERGED, clipped at the top (▲)")
+                ax2.lines[-1].set_label(f"{_label(r)} — DIVERGED, clipped at the top (▲)")
     if results:
         ax1.axhline(results[0].tol, color="k", ls="--", lw=0.8, label=f"tolerance {results[0].tol:g}")
     ax1.set_yscale("log")

@@ -337,9 +337,16 @@ def _numeric_args(cls):
 def test_constructor_arguments_of_the_wrong_type_are_named(name):
     cls = qr.optim.registry.OPTIMIZERS[name]
     p = qr.tensor(np.zeros(2), requires_grad=True)
+    also = getattr(cls, "_also_accepts", {})
     for arg, default, is_flag, is_number in _numeric_args(cls):
         bad = [None, "1", [1]] if is_flag else ["0.1", True, None, [0.1]] if is_number else []
         for value in bad:
+            if any(value is v or (type(value) is type(v) and value == v) for v in also.get(arg, ())):
+                continue  # a documented alternative (DoG's avg_gamma=None)
+            if any(type(value) is type(v) for v in also.get(arg, ())):
+                with pytest.raises(ValueError, match=arg):
+                    cls([p], **{arg: value})
+                continue
             with pytest.raises(TypeError, match=arg):
                 cls([p], **{arg: value})
 

@@ -37,6 +37,9 @@ def add_arguments(parser):
     parser.add_argument("--steps", type=_args.positive_int(MAX_STEPS), default=DEMO_STEPS,
                         help=f"step budget of every run (default {DEMO_STEPS}, at most {MAX_STEPS})")
     parser.add_argument("--seed", type=_args.seed, default=0, help="seed of the random start points (default 0)")
+    parser.add_argument("--optimizers", nargs="+", default=[], metavar="NAME",
+                        help="extra optimizers to add (as in `qlabref trajectories`); 'beyond-paper' adds dog, "
+                        "dadapt-sgd, dadapt-adam, prodigy, schedulefree-sgd, schedulefree-adamw (default: none)")
 
 
 def run(args) -> int:
@@ -45,10 +48,13 @@ def run(args) -> int:
     from .. import plots
 
     t0 = time.perf_counter()
-    print("qlabref demo: QLABGrad (FindPLR once) vs SGD and Adam (best lr of a small grid) on the paper's "
+    optimizers = traj.expand_optimizers(list(traj.DEFAULT_OPTIMIZERS) + list(args.optimizers))
+    extra = optimizers[len(traj.DEFAULT_OPTIMIZERS):]
+    print("qlabref demo: QLABGrad (FindPLR once) vs SGD and Adam (best lr of a small grid)"
+          + (f" and {', '.join(extra)}" if extra else "") + " on the paper's "
           f"Booth, Eggholder and Himmelblau; {args.starts} start points each, {args.steps} steps per run at most.",
           flush=True)
-    status = traj.run_and_report("demo", traj.DEFAULT_FUNCTIONS, traj.DEFAULT_OPTIMIZERS, args.out,
+    status = traj.run_and_report("demo", traj.DEFAULT_FUNCTIONS, optimizers, args.out,
                                  n_starts=args.starts, seed=args.seed, steps=args.steps)
     if status:
         return status

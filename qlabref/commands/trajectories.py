@@ -16,6 +16,13 @@ Protocol (printed and written with the results, so a reader can redo it):
   on the boundary with a nonzero slope (see ``qr.trajectory`` for the exact rules);
 - every optimizer gets the same step budget per function (``--steps``); runs stop early at the hit
   (known targets) or at a stationary point (‖∇f‖ < 1e-10).
+- ``--optimizers beyond-paper`` adds the learning-rate-free methods that followed the paper
+  (``qr.optim.BEYOND_PAPER``: dog, dadapt-sgd, dadapt-adam, prodigy, schedulefree-sgd,
+  schedulefree-adamw). Methods that set their own step size (DoG, D-Adaptation, Prodigy) run with
+  their authors' defaults, untuned, like QLABGrad; Schedule-Free keeps a real learning rate and gets
+  the SGD grid (schedulefree-sgd) or the Adam grid (schedulefree-adamw). The path is what the
+  parameters hold during training (Schedule-Free's y, DoG's un-averaged iterate), not the averaged
+  point their ``eval()`` would report.
 """
 from __future__ import annotations
 
@@ -55,6 +62,10 @@ DEFAULT_LRS = {
 #: step budget per function (the same for every optimizer on that function)
 DEFAULT_STEPS = {"booth": 5000, "himmelblau": 5000, "eggholder": 5000, "rosenbrock": 20000, "beale": 20000}
 DEFAULT_OPTIMIZERS = ("qlabgrad", "sgd", "adam")
+#: named groups ``--optimizers`` understands
+OPTIMIZER_GROUPS = {"beyond-paper": "BEYOND_PAPER"}
+#: optimizers with a learning rate that borrow another method's grid
+LR_GRID_OF = {"schedulefree-sgd": "sgd", "schedulefree-adamw": "adam"}
 DEFAULT_FUNCTIONS = ("booth", "eggholder", "himmelblau")
 GTOL = 1e-10
 
@@ -71,7 +82,9 @@ def add_arguments(parser):
     parser.add_argument("--functions", nargs="+", default=list(DEFAULT_FUNCTIONS), metavar="NAME",
                         help=f"test functions (default: the paper's three; known: {', '.join(F.names())})")
     parser.add_argument("--optimizers", nargs="+", default=[], metavar="NAME",
-                        help="extra optimizers from qr.optim to add to qlabgrad, sgd and adam")
+                        help="extra optimizers from qr.optim to add to qlabgrad, sgd and adam; 'beyond-paper' adds "
+                        "the learning-rate-free methods after the paper (dog, dadapt-sgd, dadapt-adam, prodigy, "
+                        "schedulefree-sgd, schedulefree-adamw)")
     parser.add_argument("--starts", type=_args.positive_int(MAX_STARTS), default=10,
                         help=f"start points per function (default 10, at most {MAX_STARTS})")
     parser.add_argument("--seed", type=_args.seed, default=0, help="seed of the random start points (default 0)")
@@ -173,18 +186,37 @@ def _takes_lr(name):
         return False
 
 
+def expand_optimizers(names):
+    """Lower-case the names and replace a group name (``beyond-paper``) by its members, keeping order
+    and dropping repeats."""
+    from .. import optim
+
+    out = []
+    for name in names:
+        key = name.lower()
+        members = getattr(optim, OPTIMIZER_GROUPS[key]) if key in OPTIMIZER_GROUPS else (key,)
+        out.extend(m for m in members if m not in out)
+    return out
+
+
+def _learning_rate_free(name):
+    from ..optim import registry
+
+    return bool(getattr(registry.OPTIMIZERS[name], "learning_rate_free", False))
+
+
 def _settings_for(fn_name, opt, lrs_override, alpha0):
     if opt == "qlabgrad":
         kw = {"findplr": "once"}
         if alpha0 is not None:
             kw["alpha0"] = alpha0
         return [kw]
-    if not _takes_lr(opt):
-        return [{}]
     grid = lrs_override.get(opt)
+    if not _takes_lr(opt) or (grid is None and _learning_rate_free(opt)):
+        return [{}]  # no learning rate, or one the method sets itself: the authors' defaults
     if grid is None:
         grids = DEFAULT_LRS.get(fn_name, DEFAULT_LRS["booth"])
-        grid = grids.get(opt, grids["sgd"] if opt != "adam" else grids["adam"])
+        grid = grids.get(opt, grids[LR_GRID_OF.get(opt, "adam" if opt == "adam" else "sgd")])
     return [{"lr": float(lr)} for lr in grid]
 
 
@@ -337,14 +369,22 @@ def markdown_table(rows, with_paper=True):
     if with_paper:
         head.append("paper")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    from ..optim import is_beyond_paper
+
+    beyond = any(is_beyond_paper(r["optimizer"]) for r in rows)
     for r in rows:
-        cells = [r["function"], r["optimizer"], r["setting"], r["reached"], r["count"],
+        name = r["optimizer"] + (" ‡" if is_beyond_paper(r["optimizer"]) else "")
+        cells = [r["function"], name, r["setting"], r["reached"], r["count"],
                  "—" if r["default_start"] is None else str(r["default_start"]),
                  str(r["left_domain"]) + (f" ({r['nonfinite']} non-finite)" if r["nonfinite"] else ""),
                  f"{r['final_f']:.6g}" if r["final_f"] is not None else "—"]
         if with_paper:
             cells.append("—" if r["paper"] is None else str(r["paper"]))
         lines.append("| " + " | ".join(cells) + " |")
+    if beyond:
+        lines.append("")
+        lines.append("‡ beyond the paper: a learning-rate-free method published after it (not in its comparison), "
+                     "run with its authors' defaults (Schedule-Free: the best lr of the grid)")
     return "\n".join(lines)
 
 
@@ -448,7 +488,8 @@ def _sweep_lines(ax, by_opt):
         left = sum(r.left_domain is not None for r in runs)
         for j, r in enumerate(runs):
             cut = len(r.path) if r.left_domain is None else r.left_domain + 1
-            ax.plot(r.path[:cut, 0], r.path[:cut, 1], "-", color=color, lw=1.0, alpha=0.8, zorder=5 + plots._zorder(r),
+            ax.plot(r.path[:cut, 0], r.path[:cut, 1], plots._ls(opt), color=color, lw=1.0, alpha=0.8,
+                    zorder=5 + plots._zorder(r),
                     label=f"{opt} {setting} ({sw.stats()['reached']}/{len(runs)} reached, {left} left the domain)" if j == 0 else None)
         ax.scatter(sw.starts[:, 0], sw.starts[:, 1], s=25, c="#1f3bff", edgecolors="white", zorder=8,
                    label="start points" if i == 0 else None)
@@ -466,14 +507,18 @@ def _json_default(o):
 
 
 def run(args) -> int:
+    from ..errors import UsageError
+    from . import _args
+
     extra = [o.lower() for o in args.optimizers]
+    twice = sorted({o for o in extra if extra.count(o) > 1})
+    if twice:
+        raise UsageError(f"optimizer {twice[0]} is given more than once in --optimizers")
     already = sorted(set(extra) & set(DEFAULT_OPTIMIZERS))
     if already:
-        from . import _args
-
         _args.warn("trajectories", f"--optimizers {' '.join(already)}: always run (the defaults are "
                    f"{', '.join(DEFAULT_OPTIMIZERS)}); --optimizers adds others")
-    optimizers = list(DEFAULT_OPTIMIZERS) + [o for o in extra if o not in DEFAULT_OPTIMIZERS]
+    optimizers = expand_optimizers(list(DEFAULT_OPTIMIZERS) + extra)
     return run_and_report("trajectories", args.functions, optimizers, args.out, n_starts=args.starts, seed=args.seed,
                           steps=args.steps, lrs=args.lrs, alpha0=args.alpha0, tol=args.tol, target=args.target,
                           project=args.project, animate=args.animate)

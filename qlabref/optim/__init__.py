@@ -23,3 +23,13 @@ from .lqa import LQA
 
 __all__ += ["functional", "lr_scheduler", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "HGD", "L4GD", "L4Mom",
             "L4Adam", "LQA"]
+
+# Beyond the paper (issue 14): the learning-rate-free methods that followed it, as comparators
+from ._lrfree import BEYOND_PAPER, has_eval_mode, is_beyond_paper
+from .dadapt import DAdaptAdam, DAdaptSGD
+from .dog import DoG, LDoG
+from .prodigy import Prodigy
+from .schedulefree import AdamWScheduleFree, SGDScheduleFree
+
+__all__ += ["BEYOND_PAPER", "is_beyond_paper", "has_eval_mode", "DoG", "LDoG", "DAdaptSGD", "DAdaptAdam", "Prodigy", "SGDScheduleFree",
+            "AdamWScheduleFree"]

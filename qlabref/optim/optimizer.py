@@ -48,7 +48,8 @@ as long as they call the closure through ``evaluate``/``probe``):
 5. **Hyperparameter types.** Every constructor argument whose default is a bool, a number, a string
    or a tuple of numbers must have that type (checked by the base class for every subclass, before
    the subclass's own range checks): ``lr="0.1"``, ``lr=True``, ``amsgrad=None`` are ``TypeError`` s
-   naming the argument.
+   naming the argument. A subclass lists other valid values in ``_also_accepts`` (``{"fallback_lr":
+   ("previous",)}`` for LQA).
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ import functools
 import inspect
 import math
 import numbers
+import time
 
 import numpy as np
 
@@ -159,10 +161,17 @@ def _typed_init(init):
         except TypeError:
             return init(self, *args, **kwargs)  # Python's own message for a wrong call
         owner = type(self).__name__
+        also = getattr(type(self), "_also_accepts", {})
         for name, value in list(bound.arguments.items())[1:]:
             prm = sig.parameters[name]
             if name == "params" or prm.kind in (prm.VAR_POSITIONAL, prm.VAR_KEYWORD):
                 continue
+            alternatives = also.get(name, ())
+            if any(value is v or (type(value) is type(v) and value == v) for v in alternatives):
+                continue
+            if any(type(value) is type(v) for v in alternatives):  # the right type, not an accepted value
+                raise ValueError(f"{owner}: invalid {name} {value!r} (a number, or one of "
+                                 f"{', '.join(repr(v) for v in alternatives)})")
             _check_hyper_type(owner, name, value, prm.default)
         return init(self, *args, **kwargs)
 
@@ -181,6 +190,8 @@ def _atomic(step):
         self._in_step = True
         self._pending_record = None
         try:
+            if (args[0] if args else kwargs.get("closure")) is None:
+                self.check_grads()  # step() on the user's .grad: NaN/inf → NonFiniteLossError, nothing changed
             result = step(self, *args, **kwargs)
         except BaseException:
             self._restore(snapshot)
@@ -239,6 +250,9 @@ class Optimizer:
         self.last_step = {}
         #: functions called as ``cb(optimizer, last_step)`` after every step
         self.callbacks = []
+        #: seconds spent in ``evaluate`` (forward + backward) and ``probe`` (probe forwards) since the
+        #: last ``reset_timing()``; the training runner splits each step's time with it
+        self.timing = {"forward_backward": 0.0, "probe": 0.0}
         self._in_step = False
         self._pending_record = None
         self._param_buffers = {}
@@ -348,6 +362,13 @@ class Optimizer:
         owner = type(self).__name__
         if not callable(closure):
             raise TypeError(f"{owner}.step: closure must be a callable returning the loss, got {type(closure).__name__}")
+        t0 = time.perf_counter()
+        try:
+            return self._evaluate(closure, owner)
+        finally:
+            self._add_time("forward_backward", time.perf_counter() - t0)
+
+    def _evaluate(self, closure, owner):
         with enable_grad():
             loss = closure()
         loss = self._check_loss(loss, "")
@@ -374,13 +395,25 @@ class Optimizer:
         The return value must be a 0-d float Tensor (``TypeError`` otherwise). A NaN/inf value raises
         ``NonFiniteProbeError`` unless ``allow_nonfinite`` (the caller then treats it, e.g. as an
         overshoot, and must raise ``NonFiniteProbeError`` itself if it finds no finite probe)."""
-        with no_grad(), no_state_update():
-            loss = closure()
-        value = float(self._check_loss(loss, " (at a probe evaluation)").data)
+        t0 = time.perf_counter()
+        try:
+            with no_grad(), no_state_update():
+                loss = closure()
+            value = float(self._check_loss(loss, " (at a probe evaluation)").data)
+        finally:
+            self._add_time("probe", time.perf_counter() - t0)
         if not allow_nonfinite and not math.isfinite(value):
             raise NonFiniteProbeError(f"{type(self).__name__}: a probe evaluation of the loss returned {value}; "
                                       "parameters and optimizer state unchanged")
         return value
+
+    def _add_time(self, key, seconds):
+        timing = self.__dict__.setdefault("timing", {"forward_backward": 0.0, "probe": 0.0})
+        timing[key] = timing.get(key, 0.0) + seconds
+
+    def reset_timing(self):
+        """Zero ``timing`` (the runner calls it before every step)."""
+        self.timing = {"forward_backward": 0.0, "probe": 0.0}
 
     def _finish_step(self, record):
         """Publish the step's record; callbacks run once the step is complete (after the atomic wrapper)."""
@@ -486,8 +519,8 @@ class Optimizer:
             if [int(i) for i in saved["params"]] != expected:
                 raise ValueError(f"{where}: group {gi} refers to parameters {list(saved['params'])}, expected {expected}")
             offset += len(mine["params"])
-            have, want = set(saved), set(self.defaults)
-            missing, extra = sorted(want - have), sorted(have - want - set(mine) - _GROUP_EXTRAS)
+            have, want = set(saved) - _GROUP_EXTRAS, set(mine) - _GROUP_EXTRAS
+            missing, extra = sorted(want - have), sorted(have - want)
             if missing or extra:
                 what = f"lacks option '{missing[0]}'" if missing else f"has unknown option '{extra[0]}'"
                 raise ValueError(f"{where}: parameter group {gi} {what}")
