@@ -2,15 +2,17 @@
 competing schemes of the paper's Table 1, all behind one torch-like ``Optimizer`` shell."""
 from __future__ import annotations
 
-from .optimizer import NonFiniteLossError, Optimizer
+from .optimizer import NonFiniteLossError, NonFiniteProbeError, Optimizer
 from .registry import get, names, register_optimizer
 
-__all__ = ["Optimizer", "NonFiniteLossError", "get", "names", "register_optimizer"]
+__all__ = ["Optimizer", "NonFiniteLossError", "NonFiniteProbeError", "get", "names", "register_optimizer"]
 
 # QLABGrad (Algorithms 1 and 2) and QLAB on other descent directions (issue 4)
-from .qlab import QLAB, FindPLRError, FindPLRResult, QLABAdam, QLABGrad, QLABMomentum, QLABSGD, find_plr
+from .qlab import (QLAB, FindPLRError, FindPLRNonFiniteError, FindPLRResult, QLABAdam, QLABGrad, QLABMomentum,
+                   QLABSGD, find_plr)
 
-__all__ += ["QLABGrad", "QLAB", "QLABSGD", "QLABMomentum", "QLABAdam", "find_plr", "FindPLRResult", "FindPLRError"]
+__all__ += ["QLABGrad", "QLAB", "QLABSGD", "QLABMomentum", "QLABAdam", "find_plr", "FindPLRResult", "FindPLRError",
+            "FindPLRNonFiniteError"]
 
 # Baselines of the paper's Table 1 (issue 5): torch.optim methods, HGD, L4, LQA, schedules
 from . import functional, lr_scheduler

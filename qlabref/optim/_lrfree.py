@@ -82,6 +82,10 @@ def check_betas(betas, owner, n=2):
 class LRFreeOptimizer(Optimizer):
     """Base of the beyond-the-paper methods: closure handling, train/eval mode, the record."""
 
+    #: atomic steps: ``_begin`` evaluates the closure (its only call) before anything changes, and the
+    #: subclasses commit parameters and state after it; the registry-wide test checks every subclass
+    _step_snapshot = "light"
+
     #: the method sets its own step size; ``lr`` (where it exists) is a multiplier left at its default
     learning_rate_free = True
     #: whether ``eval()``/``train()`` move the parameters (set per instance where it depends on options)

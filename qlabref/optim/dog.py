@@ -74,6 +74,8 @@ class DoG(LRFreeOptimizer):
     """
 
     _layerwise = False
+    #: avg_gamma=None (no averaging) is valid besides a number (the base class's type check)
+    _also_accepts = {"avg_gamma": (None,)}
 
     def __init__(self, params, reps_rel=1e-6, lr=1.0, weight_decay=0.0, eps=1e-8, init_eta=None, avg_gamma=8.0):
         owner = type(self).__name__

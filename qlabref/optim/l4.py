@@ -40,8 +40,9 @@ the plain gradient: v = g and ĝ = g by default, giving the QLABGrad paper's Tab
 Deliberate differences from the original code:
 - bias corrections 1 − decay^t are computed in float64 (the TF code: float32, 1 − exp(t·log decay));
 - a negative loss raises ``ValueError`` (the formula assumes L ≥ 0; the PyTorch port raises too);
-- a NaN/inf loss raises ``NonFiniteLossError`` before anything changes (the PyTorch port silently
-  skips the step; the TF code would write NaN into the parameters);
+- a NaN/inf loss, or a finite loss with a NaN/inf gradient, raises ``NonFiniteLossError`` before
+  anything changes (the PyTorch port silently skips the step; the TF code would write NaN into the
+  parameters);
 - only one parameter group (η is one global scalar, as in the TF code).
 
 Closure contract: L4 needs the loss value, so ``step(closure)`` is required (1 closure call: forward
@@ -69,6 +70,9 @@ def _check_pos(name, value, owner, allow_zero=True):
 class _L4(Optimizer):
     """L4General: a direction (``"gradient"``, ``"momentum"``, ``"adam"``) and a gradient estimate
     (``"gradient"``, ``"momentum"``), both built from per-parameter EMAs."""
+
+    #: atomic steps: one closure call, before any parameter or state array changes
+    _step_snapshot = "light"
 
     def __init__(self, params, alpha, gamma, gamma0, tau, eps, direction, gradient_estimator, time_momentum=10.0,
                  time_scale_grad=10.0, time_scale_var=1000.0, adam_eps=1e-4, gradient_time_momentum=10.0):
