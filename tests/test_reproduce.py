@@ -38,11 +38,13 @@ def test_quick_grid_writes_tables_and_figures(quick_grid):
     assert "| qlabgrad | defaults |" in md and "| 98.36 |" in md  # our number beside the paper's
     assert "RMSprop and Adam at their customary lr 1e-3" in md
     assert "Beyond the paper" in md and "| prodigy ‡ |" in md
+    assert "| qlabgrad-f64-s0 |" in md and "(float64)" in md and "Remedies" in md
     assert "FindPLR from 1e-5" in md and "| float32 | 0 |" in md and "| float64 | 0 |" in md
     assert "Time per step relative to SGD" in md and "| sgd |" in md
     assert "at commit" in md and "qlabref reproduce mnist-mlp --quick" in md
     figs = results / "mnist-mlp-quick" / "figures"
-    for name in ("loss-methods.png", "lr-methods.png", "loss-decay.png", "lr-decay.png", "loss-beyond.png"):
+    for name in ("loss-methods.png", "lr-methods.png", "loss-decay.png", "lr-decay.png", "loss-beyond.png",
+                 "loss-remedies.png"):
         assert (figs / name).stat().st_size > 5000
     recs = reproduce.load_records(str(results), "mnist-mlp", quick=True)
     assert set(recs) == {f"{m}-s0" for m in reproduce.METHODS}

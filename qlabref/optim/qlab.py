@@ -406,13 +406,16 @@ def find_plr(closure, params, alpha0=DEFAULT_ALPHA0, max_evals=DEFAULT_MAX_EVALS
 class QLABGrad(Optimizer):
     """QLABGrad (Algorithm 1 of the paper), with FindPLR (Algorithm 2) for the pre-learning rate.
 
-    ``QLABGrad(params, pre_lr=None, alpha0=1.0, findplr="once", max_evals=50, max_lr=None)``
+    ``QLABGrad(params, pre_lr=None, alpha0=1.0, findplr="once", max_evals=50, max_lr=None, max_lr_factor=None)``
 
     - ``pre_lr``: ᾱ. ``None`` → FindPLR from ``alpha0`` at the first step. Given → used as is
       (``findplr="every:K"`` re-runs FindPLR from it at steps K+1, 2K+1, ...).
     - ``findplr``: ``"once"`` | ``"every:K"`` | ``"never"`` (``"never"`` requires ``pre_lr``).
     - ``max_evals``: probe budget of one FindPLR run (also of the halving after a non-finite probe).
     - ``max_lr``: optional cap on α_t (the paper has none; default off).
+    - ``max_lr_factor``: optional cap α_t ≤ factor·ᾱ (default off). ``max_lr_factor=1`` enforces the
+      bound α* ≤ ᾱ that Lemma 2 claims but that does not follow from Eq. (14) (module docstring, item 7).
+      A remedy for minibatch training (``demos/results/``), **not** the paper's algorithm.
 
     ``step(closure)``: the closure is forward only and returns the minibatch loss Tensor. Closure
     calls per step: 2 (forward + backward, one probe forward); 1 + FindPLR's probes on a FindPLR step
@@ -426,7 +429,7 @@ class QLABGrad(Optimizer):
     _step_snapshot = "light"
 
     def __init__(self, params, pre_lr=None, alpha0=DEFAULT_ALPHA0, findplr="once", max_evals=DEFAULT_MAX_EVALS,
-                 max_lr=None):
+                 max_lr=None, max_lr_factor=None):
         owner = "QLABGrad"
         pre_lr = _check_positive("pre_lr", pre_lr, owner, allow_none=True)
         alpha0 = _check_positive("alpha0", alpha0, owner)
@@ -435,8 +438,9 @@ class QLABGrad(Optimizer):
             raise ValueError("QLABGrad: findplr='never' needs a pre-learning rate: pass pre_lr (0 < ᾱ < 2/M)")
         max_evals = _check_max_evals(max_evals, owner)
         max_lr = _check_positive("max_lr", max_lr, owner, allow_none=True)
+        max_lr_factor = _check_positive("max_lr_factor", max_lr_factor, owner, allow_none=True)
         super().__init__(params, dict(pre_lr=pre_lr, alpha0=alpha0, findplr=findplr, max_evals=max_evals,
-                                      max_lr=max_lr))
+                                      max_lr=max_lr, max_lr_factor=max_lr_factor))
         _check_groups(self)
         self.global_state.update(step=0, pre_lr=pre_lr, findplr_due=pre_lr is None, findplr_runs=0, last_lr=None)
 
@@ -524,6 +528,10 @@ class QLABGrad(Optimizer):
             lr = pre
         if group["max_lr"] is not None and lr > group["max_lr"]:
             lr = group["max_lr"]
+            record["capped"] = True
+        factor = group.get("max_lr_factor")
+        if factor is not None and lr > factor * pre:  # a remedy, not the paper's algorithm (docstring)
+            lr = factor * pre
             record["capped"] = True
         _place(targets, saved, lr, grads)  # Algorithm 1, line 8: θ_t = θ_{t−1} − α_t∇L(θ_{t−1})
 
