@@ -176,10 +176,15 @@ def _one_thread_env():
     return env
 
 
+#: statuses of a run that is complete: re-running a diverged or failed run would only repeat it
+#: (training is deterministic), so the grid never re-runs these
+DONE = ("finished", "diverged", "failed")
+
+
 def run_local(run_id, config, run_dir):
     """One run in a child process (one BLAS thread); resumes an interrupted run. Returns the status."""
     status = _status(run_dir)
-    if status == "finished":
+    if status in DONE:
         return status
     if os.path.isfile(os.path.join(run_dir, "config.json")):
         argv = [sys.executable, "-m", "qlabref", "train", "--quiet", "--resume", run_dir]
@@ -196,7 +201,7 @@ def run_in_worker(run_id, config, run_dir):
     from . import train
 
     status = _status(run_dir)
-    if status == "finished":
+    if status in DONE:
         return status
     if os.path.isfile(os.path.join(run_dir, "config.json")):
         summary = train.resume(run_dir, quiet=True)
@@ -294,13 +299,14 @@ def run_grid(grid, runs_dir, results_dir, jobs=None, quick=False, methods=None, 
     todo = []
     for run_id, cfg in runs:
         run_dir = os.path.join(grid_dir, run_id)
-        if _status(run_dir) == "finished" and os.path.isfile(os.path.join(rec_dir, f"{run_id}.json")):
-            statuses[run_id] = "finished"
+        st = _status(run_dir)
+        if st in DONE and os.path.isfile(os.path.join(rec_dir, f"{run_id}.json")):
+            statuses[run_id] = st
             continue
         todo.append((run_id, cfg, run_dir))
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     say(f"qlabref reproduce {grid}{' --quick' if quick else ''}: {len(runs)} runs, {len(runs) - len(todo)} already "
-        f"finished, {len(todo)} to run ({'dask ' + str(dask) if dask else f'{jobs} local processes'}); "
+        f"done, {len(todo)} to run ({'dask ' + str(dask) if dask else f'{jobs} local processes'}); "
         f"run directories in {grid_dir}")
     t0 = time.time()
 
