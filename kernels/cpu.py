@@ -59,23 +59,33 @@ def matmul_kernel(a, b, c):
 
 @njit(parallel=True, cache=True)
 def im2col_kernel(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
-    """cols[(n·OH + a)·OW + b, (c·kH + i)·kW + j] = x[n, c, a·sH + i − pH, b·sW + j − pW] (0 outside)."""
+    """cols[(n·OH + a)·OW + b, (c·kH + i)·kW + j] = x[n, c, a·sH + i − pH, b·sW + j − pW] (0 outside).
+
+    Each row of ``cols`` is written in order; a kernel row that lies wholly inside the input is a
+    copy of kW contiguous values (no bounds checks), only rows touching the padding check each one."""
     nb, ch, h, w = x.shape
     for n in prange(nb):
         for a in range(oh):
             for b in range(ow):
-                row = (n * oh + a) * ow + b
+                r = cols[(n * oh + a) * ow + b]
+                x0 = b * sw - pw
+                inside_x = x0 >= 0 and x0 + kw <= w
                 col = 0
                 for c in range(ch):
                     for i in range(kh):
                         y = a * sh + i - ph
-                        for j in range(kw):
-                            xx = b * sw + j - pw
-                            if 0 <= y < h and 0 <= xx < w:
-                                cols[row, col] = x[n, c, y, xx]
-                            else:
-                                cols[row, col] = 0
-                            col += 1
+                        if inside_x and 0 <= y < h:
+                            src = x[n, c, y]
+                            for j in range(kw):
+                                r[col + j] = src[x0 + j]
+                        else:
+                            for j in range(kw):
+                                xx = x0 + j
+                                if 0 <= y < h and 0 <= xx < w:
+                                    r[col + j] = x[n, c, y, xx]
+                                else:
+                                    r[col + j] = 0
+                        col += kw
 
 
 @njit(parallel=True, cache=True)

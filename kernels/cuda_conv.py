@@ -87,16 +87,16 @@ for _t in (float32, float64):
     PTX_KERNELS.append((f"col2im[{_t}]", _COL2IM_PY[str(_t)], (_t[:, :], *_geom, _t[:, :, :, :])))
 
 
-def im2col_device(d_x, k, s, p, out_hw):
+def im2col_device(d_x, k, s, p, out_hw, out=None):
     n, c = d_x.shape[:2]
     rows, ncols = n * out_hw[0] * out_hw[1], c * k[0] * k[1]
-    cols = cuda.device_array((rows, ncols), dtype=d_x.dtype)
+    cols = cuda.device_array((rows, ncols), dtype=d_x.dtype) if out is None else out
     _im2col[blocks(rows * ncols, TPB), TPB](d_x, k[0], k[1], s[0], s[1], p[0], p[1], out_hw[0], out_hw[1], cols)
     return cols
 
 
-def col2im_device(d_gcols, x_shape, k, s, p, out_hw):
-    gx = cuda.device_array(tuple(x_shape), dtype=d_gcols.dtype)
+def col2im_device(d_gcols, x_shape, k, s, p, out_hw, out=None):
+    gx = cuda.device_array(tuple(x_shape), dtype=d_gcols.dtype) if out is None else out
     size = int(np.prod(x_shape))
     _col2im[np.dtype(d_gcols.dtype).name][blocks(size, TPB), TPB](d_gcols, k[0], k[1], s[0], s[1], p[0], p[1], out_hw[0], out_hw[1], gx)
     return gx

@@ -102,12 +102,13 @@ def probe_device(theta, g, alpha, out, deterministic=False, max_blocks=None):
     return float(result.copy_to_host()[0])
 
 
-def probe_cuda(theta, g, alpha, deterministic=False, max_blocks=None):
+def probe_cuda(theta, g, alpha, deterministic=False, max_blocks=None, out=None):
     """Host wrapper: 1-D contiguous NumPy θ, g → (θ − α·g as NumPy, Σ g²). ``max_blocks`` caps the
-    grid (tests use a small cap to exercise the grid-stride loop on small arrays)."""
+    grid (tests use a small cap to exercise the grid-stride loop on small arrays); ``out``, a host
+    array, is copied to the device as the output buffer (tests pass one filled with NaN)."""
     d_theta = cuda.to_device(theta)
     d_g = cuda.to_device(g)
-    d_out = cuda.device_array_like(theta)
+    d_out = cuda.device_array_like(theta) if out is None else cuda.to_device(out)
     total = probe_device(d_theta, d_g, alpha, d_out, deterministic, max_blocks)
     return d_out.copy_to_host(), total
 
