@@ -31,6 +31,7 @@ __all__ = [
     "probe_kernel",
     "probe_save_kernel",
     "sum_sq_kernel",
+    "copy_kernel",
 ]
 
 #: rows of C per parallel task in :func:`matmul_kernel`
@@ -185,3 +186,18 @@ def probe_save_kernel(theta, g, alpha, saved):
     for ck in range(nchunks):
         total += partial[ck]
     return total
+
+
+@njit(parallel=True, cache=True)
+def copy_kernel(src, dst):
+    """dst = src, in parallel chunks: the memory-bandwidth yardstick ``qlabref bench`` holds the probe
+    against (a pass that moves the same bytes and does no arithmetic)."""
+    n = src.shape[0]
+    nchunks = (n + PROBE_CHUNK - 1) // PROBE_CHUNK
+    for ck in prange(nchunks):
+        s = ck * PROBE_CHUNK
+        e = min(s + PROBE_CHUNK, n)
+        d = dst[s:e]
+        sr = src[s:e]
+        for i in range(d.shape[0]):
+            d[i] = sr[i]

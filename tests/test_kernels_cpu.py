@@ -221,11 +221,13 @@ def test_numba_backend_trains_like_numpy(rng, flat):
 
 def test_qlabgrad_flat_and_per_parameter_agree(rng):
     # the fused save-and-place on the flat buffer and the per-array path: the same points up to the
-    # summation order of ‖∇L‖² (one sum over the buffer vs one per array), in float64
+    # summation order of ‖∇L‖² (one sum over the buffer vs one per array), in float64. Eq. (10)'s
+    # denominator g(ᾱ) − L + ‖∇L‖²ᾱ cancels, which amplifies that last-bit difference step by step
+    # (worst seen over 30 seeds: 1.2e-11 relative in α_t after 5 steps), hence 1e-9
     xm = rng.standard_normal((8, 20))
     ym = rng.integers(0, 4, 8)
     mk = lambda: qr.models.mlp((20, 16, 4), dtype=np.float64, seed=2)  # noqa: E731
     a = train_qlabgrad("numba", mk, xm, ym, flat=True)
     b = train_qlabgrad("numba", mk, xm, ym, flat=False)
-    assert_runs_match(a, b, tol=1e-12)
+    assert_runs_match(a, b, tol=1e-9)
     assert a[1][0]["flat_storage"] and not b[1][0]["flat_storage"]
