@@ -165,7 +165,8 @@ def test_probe_and_qlab_parts_are_recorded(tmp_path, capsys):
     assert p["sum_rel_diff"] < 1e-12  # the fused sum and NumPy's float64 dot agree
     assert p["speedup_vs_numpy"] > 0 and p["fraction_of_copy"] > 0
     (q,) = run["qlab"]
-    assert q["model"] == "mlp" and set(q["ratios"]) == {"per-parameter", "flat"} and q["floor"] > 1
+    assert q["model"] == "mlp" and set(q["ratios"]) == set(q["ratios_lean"]) == {"per-parameter", "flat"}
+    assert q["floor"] > 1
     assert q["target"] == bench.QLAB_SGD_TARGET
     assert "probe (" in (out / "bench.md").read_text()
 
