@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 
 import numpy as np
 
@@ -41,9 +40,9 @@ def cuda_status():
         return False, (f"the CUDA kernels need the numba-cuda package, which is not installed: "
                        f"{CUDA_EXTRA_HINT}")
     from numba import cuda
+    from numba.core import config
 
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or getattr(cuda, "simulator", None) is not None \
-            and _simulator_active(cuda):
+    if config.ENABLE_CUDASIM:  # read by Numba from NUMBA_ENABLE_CUDASIM when it was imported
         return True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
     try:
         available = cuda.is_available()
@@ -53,12 +52,6 @@ def cuda_status():
         return False, ("no CUDA GPU was found (numba.cuda.is_available() is False); to run the CUDA kernels "
                        "without a GPU, set NUMBA_ENABLE_CUDASIM=1 before Numba is imported (the simulator)")
     return True, f"CUDA GPU: {cuda.get_current_device().name}"
-
-
-def _simulator_active(cuda):
-    from numba.core import config
-
-    return bool(config.ENABLE_CUDASIM)
 
 
 def require_cuda():

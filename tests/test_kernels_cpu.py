@@ -16,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qlabref as qr
-import qlabref.nn.functional as F
 from qlabref import backends
 from qlabref.kernels import api, cpu, launch
 from qlabref.ops import nn_ops
@@ -231,3 +230,26 @@ def test_qlabgrad_flat_and_per_parameter_agree(rng):
     b = train_qlabgrad("numba", mk, xm, ym, flat=False)
     assert_runs_match(a, b, tol=1e-9)
     assert a[1][0]["flat_storage"] and not b[1][0]["flat_storage"]
+
+
+def test_kernels_never_import_the_rest_of_qlabref():
+    # kernels/ is NumPy + Numba only (STYLE.md): every import is numpy, numba, the standard library or
+    # a sibling module of kernels/ itself
+    import ast
+    import pathlib
+
+    allowed = {"numpy", "numba", "__future__", "importlib", "os", "math"}
+    folder = pathlib.Path(api.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    assert node.level == 1, f"{path.name}: relative import beyond kernels/ ({node.module})"
+                    continue
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            assert roots <= allowed, f"{path.name} imports {roots - allowed}"
