@@ -18,7 +18,7 @@ ratio of medians qlabref/PyTorch (and qlabref/NumPy).
 
 Thread count: NumPy's BLAS reads ``OPENBLAS_NUM_THREADS`` (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``)
 once, when NumPy is imported, and cannot be told otherwise later without an extra package. So
-:func:`run_child` starts a fresh interpreter (``python -m qlabref bench --_child``) with those
+:func:`run_child` starts a fresh interpreter (``qlabref bench --_child``) with those
 variables set to N, and that child calls ``torch.set_num_threads(N)`` and :func:`measure`.
 """
 from __future__ import annotations
@@ -603,9 +603,14 @@ def child_environment(threads, base=None):
 
 
 def run_child(threads, models, *, batch=None, repeats=None, warmup=None, use_torch=True, seed=0, parts=PARTS):
-    """Run :func:`measure` in a fresh ``python -m qlabref bench --_child`` whose BLAS and torch use
+    """Run :func:`measure` in a fresh ``qlabref bench --_child`` process whose BLAS and torch use
     ``threads`` threads. The child's progress goes to our stderr; its result comes back as JSON."""
-    cmd = [sys.executable, "-m", "qlabref", "bench", "--_child", "--threads", str(int(threads)),
+    # The child imports the very qlabref this process runs: `python -m qlabref` would put the working
+    # directory first on sys.path, and from a repository checkout with a non-editable install that is
+    # the source folder qlabref/, which lacks the kernels (installed from kernels/ as qlabref.kernels).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    boot = f"import sys; sys.path[0] = {root!r}; from qlabref.cli import main; sys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", boot, "bench", "--_child", "--threads", str(int(threads)),
            "--models", ",".join(models), "--seed", str(int(seed)), "--parts", ",".join(parts)]
     for flag, value in (("--batch", batch), ("--repeats", repeats), ("--warmup", warmup)):
         if value is not None:
