@@ -605,11 +605,13 @@ def child_environment(threads, base=None):
 def run_child(threads, models, *, batch=None, repeats=None, warmup=None, use_torch=True, seed=0, parts=PARTS):
     """Run :func:`measure` in a fresh ``qlabref bench --_child`` process whose BLAS and torch use
     ``threads`` threads. The child's progress goes to our stderr; its result comes back as JSON."""
-    # The child imports the very qlabref this process runs: `python -m qlabref` would put the working
-    # directory first on sys.path, and from a repository checkout with a non-editable install that is
-    # the source folder qlabref/, which lacks the kernels (installed from kernels/ as qlabref.kernels).
+    # The child must not import qlabref from the working directory: `python -m qlabref` puts it first
+    # on sys.path, and in a repository checkout with a non-editable install that is the source folder
+    # qlabref/, which lacks the kernels (installed from kernels/ as qlabref.kernels). So the child drops
+    # that entry (PYTHONPATH and site-packages keep their order) and falls back to this process's copy.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    boot = f"import sys; sys.path[0] = {root!r}; from qlabref.cli import main; sys.exit(main(sys.argv[1:]))"
+    boot = (f"import sys; sys.path[:] = sys.path[1:] + [{root!r}]; from qlabref.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
     cmd = [sys.executable, "-c", boot, "bench", "--_child", "--threads", str(int(threads)),
            "--models", ",".join(models), "--seed", str(int(seed)), "--parts", ",".join(parts)]
     for flag, value in (("--batch", batch), ("--repeats", repeats), ("--warmup", warmup)):
