@@ -484,6 +484,7 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
     from . import runplots
     from .train import git_commit
 
+    t_start = time.time()
     recs = load_records(results_dir, grid, quick)
     suffix = "-quick" if quick else ""
     fig_dir = os.path.join(results_dir, grid + suffix, "figures")
@@ -494,8 +495,8 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
         by_method.setdefault(_method_of(rid), []).append(rec)
     L = [f"# {grid}{suffix}: the paper's MNIST {model.upper()} experiments, reproduced with qlabref", ""]
     L += [f"Produced by `{command or 'qlabref reproduce ' + grid}` at commit `{git_commit()}` "
-          f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-          + (f"; this invocation took {wall:.0f} s" if wall is not None else "") + ".", ""]
+          f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; this invocation took WALL s "
+          "(the runs' own wall times are in their records).", ""]
     n_expected = len(grid_runs(grid, quick=quick))
     L += [f"Runs recorded: {len(recs)} of {n_expected} in the grid"
           + (" (**partial grid**: missing runs are still to be run; `qlabref reproduce` continues them)"
@@ -654,6 +655,8 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
         L.append("")
         L.append("‡ beyond the paper (not in its comparison).")
         L.append("")
+    total = (wall or 0.0) + (time.time() - t_start)
+    L[2] = L[2].replace("WALL", f"{total:.0f}")
     path = os.path.join(results_dir, f"{grid}{suffix}.md")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
