@@ -276,12 +276,16 @@ def test_out_with_a_run_is_not_overwritten(idx_dir, tmp_path):
 
 
 def test_data_info_and_plain_progress(idx_dir, tmp_path):
-    res = cli("train", "--data-dir", idx_dir, "--iters", "40", "--batch", "16", "--out", str(tmp_path / "p"))
-    assert res.returncode == 0
+    # SGD: this test is about the progress lines; QLABGrad on 256 random-label images can blow up and
+    # end with FindPLRError (exit 4), as the MNIST reproduction documents
+    res = cli("train", "--data-dir", idx_dir, "--iters", "40", "--batch", "16", "--optimizer", "sgd", "--opt",
+              "lr=0.01", "--out", str(tmp_path / "p"))
+    assert res.returncode == 0, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if " iter " in ln]
     assert lines and all("it/s" in ln and "loss" in ln and "left" in ln for ln in lines)
     assert "\r" not in res.stderr  # not a terminal: plain lines, no bar
-    q = cli("train", "--data-dir", idx_dir, "--iters", "5", "--out", str(tmp_path / "q"), "--quiet")
+    q = cli("train", "--data-dir", idx_dir, "--iters", "5", "--optimizer", "sgd", "--out", str(tmp_path / "q"),
+            "--quiet")
     assert q.returncode == 0 and q.stderr == ""
     info = cli("data", "info")
     assert info.returncode in (0, 1) and "mnist" in info.stdout
