@@ -37,9 +37,11 @@ _LAZY_MODULES = {
     "interop": "qlabref.interop",
     "plots": "qlabref.plots",
     "kernels": "qlabref.kernels",
+    "torch": "qlabref.torch",  # needs PyTorch: not in __all__, so a star import works without it
 }
 _LAZY_NAMES = {
     "trajectory": ("qlabref.trajectory", "trajectory"),
+    "crosscheck": ("qlabref.crosscheck_torch", "crosscheck"),
 }
 
 __all__ = [
@@ -65,7 +67,7 @@ __all__ = [
     "sqrt",
     "log_softmax",
     "cross_entropy",
-    *_LAZY_MODULES,
+    *(m for m in _LAZY_MODULES if m != "torch"),
     *_LAZY_NAMES,
 ]
 
