@@ -36,6 +36,8 @@ _LAZY_MODULES = {
     "functions": "qlabref.functions",
     "interop": "qlabref.interop",
     "plots": "qlabref.plots",
+    "data": "qlabref.data",
+    "train": "qlabref.train",
     "kernels": "qlabref.kernels",
     "torch": "qlabref.torch",  # needs PyTorch: not in __all__, so a star import works without it
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 
 import numpy as np
 
@@ -59,6 +60,9 @@ class Optimizer:
         self.last_step = {}
         #: functions called as ``cb(optimizer, last_step)`` after every step
         self.callbacks = []
+        #: seconds spent in ``evaluate`` (forward + backward) and ``probe`` (probe forwards) since the
+        #: last ``reset_timing()``; the training runner splits each step's time with it
+        self.timing = {"forward_backward": 0.0, "probe": 0.0}
         seen = set()
         for group in groups:
             group = dict(group)
@@ -103,6 +107,14 @@ class Optimizer:
         Returns the loss as a float. With ``check_finite`` a NaN/inf loss raises
         ``NonFiniteLossError`` before any gradient or parameter is touched.
         """
+        t0 = time.perf_counter()
+        try:
+            value = self._evaluate(closure, check_finite)
+        finally:
+            self._add_time("forward_backward", time.perf_counter() - t0)
+        return value
+
+    def _evaluate(self, closure, check_finite):
         with enable_grad():
             loss = closure()
         loss_t = _as_loss_tensor(loss, type(self).__name__)
@@ -118,9 +130,21 @@ class Optimizer:
 
     def probe(self, closure) -> float:
         """One forward at the current parameters with no graph and no module-state update."""
-        with no_grad(), no_state_update():
-            loss = closure()
-        return float(_as_loss_tensor(loss, type(self).__name__, need_grad=False).data)
+        t0 = time.perf_counter()
+        try:
+            with no_grad(), no_state_update():
+                loss = closure()
+            return float(_as_loss_tensor(loss, type(self).__name__, need_grad=False).data)
+        finally:
+            self._add_time("probe", time.perf_counter() - t0)
+
+    def _add_time(self, key, seconds):
+        timing = self.__dict__.setdefault("timing", {"forward_backward": 0.0, "probe": 0.0})
+        timing[key] = timing.get(key, 0.0) + seconds
+
+    def reset_timing(self):
+        """Zero ``timing`` (the runner calls it before every step)."""
+        self.timing = {"forward_backward": 0.0, "probe": 0.0}
 
     def _finish_step(self, record):
         self.last_step = record
