@@ -277,7 +277,7 @@ class _QLABBase(torch.optim.Optimizer):
         sd = dict(state_dict)
         gs = sd.pop("global_state")
         super().load_state_dict(sd)
-        self.defaults.update({k: self.param_groups[0][k] for k in self.defaults})
+        self.defaults.update({k: v for k, v in self.param_groups[0].items() if k in self.defaults})
         self.global_state = copy.deepcopy(gs)
 
 
