@@ -145,6 +145,7 @@ def plot(results, path=None, title=None):
     if path is not None:
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     results = [results] if isinstance(results, CrosscheckResult) else list(results)
     fig, axes = plt.subplots(1, len(results), figsize=(6.0 * len(results), 4.2), squeeze=False)
@@ -161,14 +162,15 @@ def plot(results, path=None, title=None):
         ax.axhline(floor, ls=":", color="grey", lw=0.8)
         ax.text(steps[0] if steps else 0, floor, " exact (0)", va="bottom", fontsize=7, color="grey")
         ax.set_xlabel("step t")
-        ax.set_ylabel("relative difference |torch − qlabref| / max(|torch|, |qlabref|)")
+        ax.set_ylabel("relative difference, PyTorch vs qlabref")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fail = res.first_failure
         ax.set_title(f"{res.model_name}, {res.optimizer}, {res.dtype}: " +
                      ("agree" if fail is None else f"first difference at step {fail[0]} ({fail[1]})"), fontsize=9)
         ax.legend(fontsize=7, loc="best")
         ax.grid(True, which="major", alpha=0.3)
     fig.suptitle(title or "PyTorch vs qlabref reference engine, per step", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     if path is not None:
         fig.savefig(os.fspath(path), dpi=120)
         plt.close(fig)
@@ -315,9 +317,11 @@ def crosscheck(model, X, y, *, optimizer="qlabgrad", steps=20, batch_size=32, se
         ts = dict(getattr(to, "last_step", None) or {})
         qs = dict(qo.last_step or {})
         tl = ts.get("loss", float(tret) if tret is not None else None)
-        ql = qs.get("loss", float(qret) if qret is not None else None)
-        tlr = ts.get("lr", to.param_groups[0].get("lr"))
-        qlr = qs.get("lr", qo.param_groups[0].get("lr"))
+        ql = qs.get("loss", float(qret) if qret is not None else None) if ts else float(qret)
+        if ts:  # both report α_t in last_step
+            tlr, qlr = ts.get("lr"), qs.get("lr")
+        else:  # a torch.optim method: compare the learning rates of the groups
+            tlr, qlr = to.param_groups[0].get("lr"), qo.param_groups[0].get("lr")
         row = dict(step=t, loss_torch=tl, loss_ref=ql, probe_loss_torch=ts.get("probe_loss"),
                    probe_loss_ref=qs.get("probe_loss"), alpha_star_torch=ts.get("alpha_star"),
                    alpha_star_ref=qs.get("alpha_star"), lr_torch=tlr, lr_ref=qlr)
