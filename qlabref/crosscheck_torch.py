@@ -316,7 +316,7 @@ def crosscheck(model, X, y, *, optimizer="qlabgrad", steps=20, batch_size=32, se
         qret = qo.step(lambda: qloss(qm(xq), yb))
         ts = dict(getattr(to, "last_step", None) or {})
         qs = dict(qo.last_step or {})
-        tl = ts.get("loss", float(tret) if tret is not None else None)
+        tl = ts.get("loss", float(tret.detach()) if torch.is_tensor(tret) else tret)
         ql = qs.get("loss", float(qret) if qret is not None else None) if ts else float(qret)
         if ts:  # both report α_t in last_step
             tlr, qlr = ts.get("lr"), qs.get("lr")

@@ -254,6 +254,11 @@ class _QLABBase(torch.optim.Optimizer):
             _set_rng(self._rng_before, self._rng_devs)
             raise
 
+    def _move(self, params, saved, alpha, dirs, kind):
+        """θ ← θ_saved − α·d; ``kind`` is ``"probe"`` (a point g(α) is evaluated at) or ``"update"``
+        (Algorithm 1, line 8). One method, so a subclass can change it (e.g. to test ``crosscheck``)."""
+        _place(params, saved, alpha, dirs)
+
     def _finish_step(self, record):
         self.last_step = record
         for cb in self.callbacks:
@@ -342,7 +347,7 @@ class QLABGrad(_QLABBase):
         saved = [p.detach().clone() for p in params]  # θ_{t−1}, kept to compute every point from
 
         def g_at(alpha):  # Eq. (3): g(α) = L(θ_{t−1} − α∇L(θ_{t−1})), one probe forward
-            _place(params, saved, alpha, grads)
+            self._move(params, saved, alpha, grads, "probe")
             return self._probe(closure)
 
         pre = gs["pre_lr"]
@@ -379,7 +384,7 @@ class QLABGrad(_QLABBase):
         if group["max_lr"] is not None and lr > group["max_lr"]:
             lr = group["max_lr"]
             record["capped"] = True
-        _place(params, saved, lr, grads)  # Algorithm 1, line 8: θ_t = θ_{t−1} − α_t∇L(θ_{t−1})
+        self._move(params, saved, lr, grads, "update")  # Algorithm 1, line 8: θ_t = θ_{t−1} − α_t∇L(θ_{t−1})
 
         gs.update(step=t, last_lr=lr, pre_lr=pre, findplr_due=findplr_due, findplr_runs=findplr_runs)
         record.update(probe_loss=probe, a2=a2, alpha_star=alpha_star, lr=lr, pre_lr=pre, fallback=fallback)
@@ -495,7 +500,7 @@ class QLAB(_QLABBase):
         saved = [p.detach().clone() for p in params]
 
         def g_at(alpha):  # g(α) = L(θ − αV), one probe forward
-            _place(params, saved, alpha, dirs)
+            self._move(params, saved, alpha, dirs, "probe")
             return self._probe(closure)
 
         probe = g_at(beta)  # Eq. (8) at β = max(α0, α_{t−1})
@@ -515,7 +520,7 @@ class QLAB(_QLABBase):
         if group["max_lr"] is not None and lr > group["max_lr"]:
             lr = group["max_lr"]
             record["capped"] = True
-        _place(params, saved, lr, dirs)  # θ_t = θ_{t−1} − α_t V
+        self._move(params, saved, lr, dirs, "update")  # θ_t = θ_{t−1} − α_t V
         gs.update(step=t, prev_lr=lr)
         record.update(probe_loss=probe, a2=a2, alpha_star=alpha_star, lr=lr, pre_lr=beta, fallback=fallback)
         self._finish_step(record)

@@ -53,26 +53,13 @@ def _wrong_variants():
     class StepFromProbedPoint(qt.QLABGrad):
         """θ_t = (θ_{t−1} − ᾱ∇L) − α_t∇L: the update starts where the probe left the parameters."""
 
-        def _step(self, closure, params, loss):
-            import qlabref.torch as mod
-
-            original = mod._place
-            moved = {"probe": False}
-
-            def place(ps, saved, alpha, dirs):
-                if moved["probe"]:
-                    with torch.no_grad():
-                        for p, d in zip(ps, dirs):
-                            p.sub_(alpha * d)
-                else:
-                    original(ps, saved, alpha, dirs)
-                    moved["probe"] = True
-
-            mod._place = place
-            try:
-                return super()._step(closure, params, loss)
-            finally:
-                mod._place = original
+        def _move(self, params, saved, alpha, dirs, kind):
+            if kind == "update":
+                with torch.no_grad():
+                    for p, d in zip(params, dirs):
+                        p.sub_(alpha * d)
+            else:
+                super()._move(params, saved, alpha, dirs, kind)
 
     return {"buffers": ProbeUpdatesBatchNorm, "params": StepFromProbedPoint}
 

@@ -2,7 +2,13 @@
 
 Prints the per-step relative differences (loss, probe loss, α*, α_t, parameters, BatchNorm buffers)
 and a one-line verdict per dtype, and with ``--out DIR`` writes ``crosscheck.csv`` and
-``crosscheck.png`` (differences against the step). Exit code 1 if a difference exceeds the tolerance.
+``crosscheck.png`` (differences against the step).
+
+Exit code 1 if the float64 check differs (or, with ``--dtype float32`` alone, the float32 one). In
+float32 two correct implementations part after some steps by rounding alone (the libraries round the
+float32 forward pass differently, Eq. (10)'s denominator is a difference of two nearly equal losses,
+and each α_t feeds the next step): with ``--dtype both`` the float32 verdict says after how many steps
+that happens, for information.
 
 Your own model and data: ``--model path/to/file.py:build`` (a function returning a torch.nn.Module
 or a qlabref model) and ``--data path/to/data.npz`` (arrays ``X`` and ``y``).
@@ -19,7 +25,8 @@ DESCRIPTION = (
     "From one initial state, one batch order and one optimizer, run PyTorch (qlabref.torch or torch.optim) and "
     "qlabref's reference engine for N steps and report per step the relative differences of the loss, the probe "
     "loss g(prelr), alpha*, the learning rate alpha_t, the parameters and the BatchNorm buffers, with a verdict "
-    "naming the first step and quantity above the tolerance. Exit code 1 if there is one."
+    "naming the first step and quantity above the tolerance. Exit code 1 if the float64 check differs (float32 runs "
+    "part after some steps by rounding alone; with --dtype both their verdict is for information)."
 )
 
 _BUILTIN = {"mlp": (1, 28, 28), "paper_cnn": (1, 28, 28), "resnet18": (3, 32, 32)}
@@ -145,4 +152,7 @@ def run(args) -> int:
         png = os.path.join(args.out, "crosscheck.png")
         plot(results, png, title=f"PyTorch vs qlabref: {model_name}, {args.optimizer}, batch {args.batch_size}")
         print(f"wrote {csv_path} and {png}")
-    return 0 if all(r.ok for r in results) else 1
+    decisive = [r for r in results if r.dtype == "float64"] or results
+    if any(not r.ok for r in results if r not in decisive):
+        print("(float32 runs part by rounding alone after some steps; the exit status follows the float64 check)")
+    return 0 if all(r.ok for r in decisive) else 1
