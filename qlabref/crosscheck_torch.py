@@ -19,6 +19,11 @@ Every difference is relative: |a − b| / max(|a|, |b|) (0 when both are 0). The
 first step and quantity whose difference exceeds ``tol`` (default 1e-9 in float64, 1e-3 in float32:
 the two libraries round float32 differently, and QLABGrad's α* divides by a difference of two losses).
 
+Dropout: the qlabref side's ``qr.nn.Dropout`` layers draw PyTorch's masks (``TorchDropoutSampler``:
+``empty(shape).bernoulli_(1 − p)`` from a generator seeded like torch's global one, which is what
+``F.dropout`` does on the CPU), so a model with dropout is compared mask for mask (CPU only; the global
+torch RNG is seeded for the run and restored afterwards).
+
 ``torch_optimizer`` replaces the PyTorch side's optimizer (a callable ``params -> optimizer``), to
 check your own implementation against the reference. Optimizers from ``qlabref.torch`` (and any with
 ``closure_forward_only = True``) get a forward-only closure; others get torch's usual closure
@@ -236,6 +241,20 @@ def _loss_fns(loss):
                      f"(logits, targets) -> scalar loss, got {loss!r}")
 
 
+class TorchDropoutSampler:
+    """A ``keep_sampler`` for ``qr.nn.Dropout`` that draws the masks PyTorch's CPU dropout draws:
+    ``torch.empty(shape, dtype).bernoulli_(1 − p, generator=generator)``."""
+
+    def __init__(self, generator, dtype):
+        self.generator, self.dtype = generator, dtype
+
+    def __call__(self, shape, p):
+        import torch
+
+        keep = torch.empty(shape, dtype=self.dtype).bernoulli_(1.0 - p, generator=self.generator)
+        return keep.numpy() != 0
+
+
 def _paired_buffers(tm, qm):
     """The names of the torch module's buffers and of ours, paired (kuangliu names translated)."""
     from . import interop
@@ -267,9 +286,7 @@ def crosscheck(model, X, y, *, optimizer="qlabgrad", steps=20, batch_size=32, se
     """
     import torch
 
-    from . import data
-    from . import torch as qt
-    from .tensor import Tensor
+    from .nn.layers import Dropout
 
     if dtype not in DEFAULT_TOL:
         raise ValueError(f"crosscheck: dtype must be 'float64' or 'float32', got {dtype!r}")
@@ -292,11 +309,35 @@ def crosscheck(model, X, y, *, optimizer="qlabgrad", steps=20, batch_size=32, se
     tparams = [p for p in tm.parameters() if p.requires_grad]
     qparams = qm.parameters()
     to, qo = _make_optimizers(optimizer, tparams, qparams, options, torch_optimizer)
+
+    drops = [m for m in qm.modules() if isinstance(m, Dropout) and m.p > 0]
+    if drops and torch.device(device).type != "cpu":
+        raise ValueError("crosscheck: a model with dropout can be compared only on the CPU (PyTorch's CUDA dropout "
+                         "masks cannot be reproduced)")
+    with torch.random.fork_rng(devices=[]):
+        if drops:
+            torch.manual_seed(seed)
+            sampler = TorchDropoutSampler(torch.Generator().manual_seed(seed), _torch_dtype(torch, dtype))
+            for m in drops:
+                m.keep_sampler = sampler
+        return _loop(result_args=(dtype, optimizer, steps, tol, model_name or type(model).__name__), X=X, y=y,
+                     batch_size=batch_size, seed=seed, tm=tm, qm=qm, to=to, qo=qo, tparams=tparams, qparams=qparams,
+                     tloss=tloss, qloss=qloss, device=device, callback=callback)
+
+
+def _loop(result_args, X, y, batch_size, seed, tm, qm, to, qo, tparams, qparams, tloss, qloss, device, callback):
+    import torch
+
+    from . import data
+    from . import torch as qt
+    from .tensor import Tensor
+
+    dtype, optimizer, steps, tol, model_name = result_args
     forward_only = isinstance(to, qt._QLABBase) or getattr(to, "closure_forward_only", False)
     buffer_names = _paired_buffers(tm, qm)
     order = data.batches(X, y, batch_size, seed=seed)
     result = CrosscheckResult(dtype=dtype, optimizer=str(optimizer), steps=int(steps), tol=tol,
-                              model_name=model_name or type(model).__name__)
+                              model_name=model_name)
     for t in range(1, int(steps) + 1):
         xb, yb = next(order)
         xt, yt = torch.from_numpy(np.ascontiguousarray(xb)).to(device), torch.from_numpy(np.ascontiguousarray(yb))

@@ -8,7 +8,7 @@
   ``1.…, 3.…, 5.…`` behind a leading ``nn.Flatten``) into ``qr.models.mlp()`` (``fc1, fc2, fc3``).
 - ``from_torch(module)``: the qlabref model with the same weights, buffers and mode as a torch module
   made of layers qlabref has (``nn.Sequential`` of Linear, Conv2d, BatchNorm2d, ReLU, pools, Flatten,
-  Identity; torchvision's ``resnet18`` and kuangliu's CIFAR ResNet-18; modules made by ``to_torch``).
+  Identity, Dropout (masks from qlabref's own generator); torchvision's ``resnet18`` and kuangliu's CIFAR ResNet-18; modules made by ``to_torch``).
 - ``to_torch(model)``: the equivalent ``torch.nn.Module`` with the same weights and buffers (needs the
   ``torch`` extra); its ``state_dict`` keys equal ours, and it computes the same function.
 - ``save_npz(model, path)`` / ``load_npz(model, path)``: the state_dict as a NumPy ``.npz``.
@@ -153,6 +153,8 @@ def _convert(m: Module, torch):
         return nn.Flatten(m.start_dim, m.end_dim)
     if isinstance(m, L.Identity):
         return nn.Identity()
+    if isinstance(m, L.Dropout):
+        return nn.Dropout(m.p)
     if isinstance(m, L.Sequential):
         return nn.Sequential(*[_convert(c, torch) for c in m])
     if isinstance(m, (models.MLP, models.PaperCNN, models.BasicBlock, models.ResNet)):
@@ -217,7 +219,7 @@ def to_torch(model: Module):
 
 # ------------------------------------------------------------------------------------------ from_torch
 _SUPPORTED = ("nn.Sequential of Linear, Conv2d, BatchNorm2d, ReLU, AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, "
-              "Flatten, Identity; torchvision resnet18; kuangliu's CIFAR ResNet18; modules made by to_torch")
+              "Flatten, Identity, Dropout; torchvision resnet18; kuangliu's CIFAR ResNet18; modules made by to_torch")
 
 
 def _np_dtype(torch, module, where):
@@ -274,6 +276,8 @@ def _from_layer(m, where, torch, dtype):
         return L.Flatten(m.start_dim, m.end_dim)
     if type(m) is nn.Identity:
         return L.Identity()
+    if type(m) is nn.Dropout:
+        return L.Dropout(m.p)
     if type(m) is nn.Sequential:
         return L.Sequential(*[_from_layer(c, f"{where}.{name}" if where else name, torch, dtype)
                               for name, c in m.named_children()])
@@ -318,7 +322,8 @@ def _resnet18_config(m, torch):
 def from_torch(module):
     """The qlabref model equal to the torch ``module``: same structure, weights, buffers and train/eval
     mode (needs torch). Supported: ``nn.Sequential`` compositions of Linear, Conv2d, BatchNorm2d, ReLU,
-    AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, Flatten and Identity (state_dict keys stay the same);
+    AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, Flatten, Identity and Dropout (state_dict keys stay the
+    same; a Dropout draws its masks from its own NumPy generator, see ``qr.nn.Dropout``);
     torchvision's ``resnet18`` (also with the CIFAR stem: 3×3 stride-1 ``conv1``, ``maxpool`` an
     Identity) and kuangliu/pytorch-cifar's ``ResNet18`` (keys ``shortcut``/``linear``; its
     ``F.avg_pool2d(out, 4)`` head equals the global average pool of ``qr.models.resnet18`` on 32×32

@@ -136,12 +136,19 @@ def test_from_torch_resnets(torch, rng):
     with torch.no_grad():
         want = kuangliu(torch.from_numpy(x)).numpy()
     assert qr.relative_error(qm(qr.tensor(x)).data, want) < 1e-10
-    # torchvision naming and stem, written out here (torchvision itself is not a dependency)
-    tv = interop.to_torch(qr.models.resnet18(num_classes=7, variant="imagenet", dtype=np.float64, seed=3))
-    back = interop.from_torch(tv)
-    assert back.variant == "imagenet" and back.num_classes == 7
-    for k, v in tv.state_dict().items():
-        assert np.array_equal(back.state_dict()[k], v.numpy()), k
+    # torchvision's layout and names, written out (torchvision itself is not a dependency)
+    tv = tmod.TorchvisionResNet18(num_classes=7).double().train()
+    qm = interop.from_torch(tv)
+    assert qm.variant == "imagenet" and qm.num_classes == 7 and qm.training
+    x = rng.normal(size=(2, 3, 32, 32))
+    with torch.no_grad():
+        want = tv(torch.from_numpy(x)).numpy()
+    assert qr.relative_error(qm(qr.tensor(x)).data, want) < 1e-10
+    # a model made by to_torch comes back as the model it came from
+    back = interop.from_torch(interop.to_torch(qr.models.paper_cnn(dtype=np.float64, seed=3)))
+    assert isinstance(back, qr.models.PaperCNN)
+    assert all(np.array_equal(v, qr.models.paper_cnn(dtype=np.float64, seed=3).state_dict()[k])
+               for k, v in back.state_dict().items())
 
 
 def test_from_torch_names_the_first_unsupported_submodule(torch):
@@ -183,3 +190,18 @@ def test_sequential_mlp_loads_into_qr_mlp(torch, rng, flatten):
         interop.load_torch_state_dict(model, nn.Sequential(*layers[:3]).state_dict(), from_sequential=True)
     with pytest.raises(TypeError, match="qr.models.MLP"):
         interop.load_torch_state_dict(qr.models.paper_cnn(), net.state_dict(), from_sequential=True)
+
+
+def test_crosscheck_with_dropout_compares_mask_for_mask(torch, rng):
+    nn = torch.nn
+    torch.manual_seed(int(rng.integers(2**31)))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(144, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 16), nn.ReLU(),
+                        nn.Dropout(0.5), nn.Linear(16, 3))
+    X, y = _data(rng)
+    state = torch.get_rng_state()
+    res = qr.crosscheck(net, X, y, steps=8, batch_size=8, seed=int(rng.integers(100)))
+    assert res.ok, res.table()
+    assert res.max_diffs()["loss"] < 1e-12 and res.max_diffs()["params"] < 1e-11  # same masks on both sides
+    assert torch.equal(torch.get_rng_state(), state)  # the user's RNG is left alone
+    assert isinstance(interop.from_torch(net)[3], qr.nn.Dropout)
+    assert isinstance(interop.to_torch(interop.from_torch(net))[6], nn.Dropout)

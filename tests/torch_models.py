@@ -45,19 +45,30 @@ class PaperCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_planes, planes, stride=1):
+    """kuangliu's block (``shortcut``, an empty Sequential when the shape is kept), or torchvision's
+    (``downsample``, None when the shape is kept, and a ``relu`` child) with ``torchvision=True``."""
+
+    def __init__(self, in_planes, planes, stride=1, torchvision=False):
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
+        proj = None
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            proj = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+        if torchvision:
+            self.relu = nn.ReLU(inplace=True)
+            self.downsample = proj
+        else:
+            self.shortcut = proj if proj is not None else nn.Sequential()
+        self.torchvision = torchvision
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.torchvision:
+            return F.relu(out + (self.downsample(x) if self.downsample is not None else x))
         return F.relu(out + self.shortcut(x))
 
 
@@ -84,3 +95,29 @@ class ResNet18(nn.Module):
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = F.adaptive_avg_pool2d(out, 1)
         return self.linear(torch.flatten(out, 1))
+
+
+class TorchvisionResNet18(nn.Module):
+    """torchvision's resnet18 layout and names (7×7 stride-2 stem, max-pool, ``downsample``, ``fc``),
+    written out so that torchvision need not be installed."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        in_planes = 64
+        for i, (planes, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2)), 1):
+            blocks = []
+            for s in (stride, 1):
+                blocks.append(BasicBlock(in_planes, planes, s, torchvision=True))
+                in_planes = planes
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
