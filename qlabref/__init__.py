@@ -37,6 +37,7 @@ _LAZY_MODULES = {
     "interop": "qlabref.interop",
     "plots": "qlabref.plots",
     "data": "qlabref.data",
+    "runplots": "qlabref.runplots",
     "train": "qlabref.train",
     "kernels": "qlabref.kernels",
     "torch": "qlabref.torch",  # needs PyTorch: not in __all__, so a star import works without it

@@ -243,6 +243,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes into a protocol-2 pickle (harmless)
     }
 
     def find_class(self, module, name):

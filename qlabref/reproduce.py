@@ -1,0 +1,542 @@
+"""Reproduction of the paper's MNIST experiments (Table 2, Figures 3–5 and 8, the time overhead).
+
+``qlabref reproduce mnist-mlp`` / ``mnist-cnn`` runs the grid below with :mod:`qlabref.train`, each run
+in its own process (one BLAS thread each, at most ``--jobs`` at a time) or on a Dask cluster
+(``--dask ADDRESS``), and writes ``demos/results/<grid>.md`` with the tables and figures. It is
+resumable at two levels: a finished run is never re-run (its directory's ``summary.json`` says
+``finished``), and an interrupted run continues from its last checkpoint (``qlabref train --resume``).
+Each finished run's small record — its summary plus curves downsampled to buckets of iterations
+(mean/min/max loss, mean/max learning rate), never checkpoints — is written to
+``demos/results/<grid>/<run id>.json``; the tables and figures are made from those files only, so a
+partial grid still gives its tables, and results committed by several sessions add up.
+
+The protocol, and every choice where the paper is silent (written into the result file too):
+
+- 30,000 iterations, batch 64, cross-entropy, float32, the 60,000 training images, test accuracy on
+  the 10,000 test images after the last iteration (no early stopping, no best-of), every 1,000
+  iterations recorded. Seeds 0, 1, 2 fix the initial weights and the data order.
+- Initial learning rate 0.1 for every competing method (the paper's "fair comparison"); SGD without
+  momentum; RMSprop, Adagrad, Adam with torch's defaults otherwise; HGD (SGD-HD) with hyper-gradient
+  rate 1e-3; L4GD with α = 0.15 (the paper's "hyper-parameter 0.15"), L4's own defaults otherwise;
+  LQA with the initial learning rate 0.1 and the defaults of :class:`qr.optim.LQA`.
+- QLABGrad as printed: FindPLR once at the first step from α0 = 1 (the default of
+  :class:`qr.optim.QLABGrad`), no cap, Eq. (10) every step.
+- Decay schedules on SGD (lr 0.1): **SS-decay** halves the rate every T = 10,000 iterations (the paper
+  does not give T; three halvings in the run); **E-decay** multiplies it by ½ every epoch (938
+  iterations; the paper says "by a factor of ½" without the unit); **CA-decay** is cosine annealing
+  from 0.1 to the paper's minimum 1e-3 over the 30,000 iterations.
+- "Unfair protocol" group (a separate table): RMSprop and Adam at their customary learning rate 1e-3.
+- The paper's CNN is not specified beyond "two 5×5 convolutions, each followed by average pooling,
+  fully connected layers, ReLU": we use :func:`qr.models.paper_cnn` (32 and 64 channels, 512 hidden).
+- A run whose loss becomes non-finite stops there (status ``diverged``) and reports the test
+  accuracy of the parameters it stopped with; it is listed as diverged, never dropped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import numpy as np
+
+__all__ = ["GRIDS", "PAPER_TABLE2", "grid_runs", "run_grid", "write_results", "run_summary_record",
+           "findplr_trace", "time_per_step"]
+
+#: Table 2 of the paper: MNIST test accuracy (%)
+PAPER_TABLE2 = {
+    "mlp": {"sgd": 98.42, "rmsprop": 96.01, "adagrad": 98.53, "adam": 95.88, "hgd": 98.43, "l4gd": 97.43,
+            "lqa": 98.47, "qlabgrad": 98.36},
+    "cnn": {"sgd": 99.09, "rmsprop": 97.44, "adagrad": 98.86, "adam": 97.51, "hgd": 99.06, "l4gd": 98.54,
+            "lqa": 98.05, "qlabgrad": 99.18},
+}
+#: the paper's time per step relative to SGD (section "Time efficiency")
+PAPER_TIME = {"qlabgrad": 1.4, "hgd": 1.3, "l4gd": 1.3, "lqa": 1.6, "rmsprop": 1.0, "adagrad": 1.0, "adam": 1.0}
+
+ITERS = 30000
+EPOCH = 938  # ceil(60000 / 64)
+
+#: method id -> (optimizer, options, schedule, group); group "paper" is Table 2, "decay" the schedules
+#: on SGD, "unfair" the customary learning rates of RMSprop and Adam
+METHODS = {
+    "qlabgrad": ("qlabgrad", {}, None, "paper"),
+    "sgd": ("sgd", {"lr": 0.1}, None, "paper"),
+    "rmsprop": ("rmsprop", {"lr": 0.1}, None, "paper"),
+    "adagrad": ("adagrad", {"lr": 0.1}, None, "paper"),
+    "adam": ("adam", {"lr": 0.1}, None, "paper"),
+    "hgd": ("hgd", {"lr": 0.1, "hypergrad_lr": 1e-3}, None, "paper"),
+    "l4gd": ("l4gd", {"alpha": 0.15}, None, "paper"),
+    "lqa": ("lqa", {"lr": 0.1}, None, "paper"),
+    "sgd-ss-decay": ("sgd", {"lr": 0.1}, {"name": "ss-decay", "step_size": 10000, "gamma": 0.5}, "decay"),
+    "sgd-e-decay": ("sgd", {"lr": 0.1}, {"name": "e-decay", "gamma": 0.5, "every": EPOCH}, "decay"),
+    "sgd-ca-decay": ("sgd", {"lr": 0.1}, {"name": "ca-decay", "T_max": ITERS, "eta_min": 1e-3}, "decay"),
+    "rmsprop-lr1e-3": ("rmsprop", {"lr": 1e-3}, None, "unfair"),
+    "adam-lr1e-3": ("adam", {"lr": 1e-3}, None, "unfair"),
+}
+#: the order in which runs are started (QLABGrad and SGD first: they matter most)
+ORDER = ["qlabgrad", "sgd", "adagrad", "hgd", "lqa", "l4gd", "sgd-ss-decay", "sgd-e-decay", "sgd-ca-decay",
+         "rmsprop", "adam", "rmsprop-lr1e-3", "adam-lr1e-3"]
+
+GRIDS = {
+    "mnist-mlp": {"model": "mlp", "seeds": {m: (0, 1, 2) for m in METHODS}},
+    "mnist-cnn": {"model": "cnn", "seeds": {m: ((0, 1, 2) if m in ("qlabgrad", "sgd") else (0,)) for m in METHODS}},
+}
+QUICK = {"iters": 300, "eval_every": 100, "test_limit": 2000, "seeds": (0,)}
+CURVE_BUCKET = 30
+
+
+def grid_runs(grid, quick=False, methods=None, seeds=None):
+    """``[(run_id, config)]`` for a grid, in start order."""
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; known: {', '.join(GRIDS)}")
+    spec = GRIDS[grid]
+    chosen = [m for m in ORDER if methods is None or m in methods]
+    if methods is not None:
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(ORDER)}")
+    runs = []
+    max_seeds = max(len(s) for s in spec["seeds"].values())
+    for rank in range(max_seeds):  # seed 0 of every method first, then seed 1, ...
+        for m in chosen:
+            ss = QUICK["seeds"] if quick else spec["seeds"][m]
+            if seeds is not None:
+                ss = [s for s in seeds]
+            if rank >= len(ss):
+                continue
+            seed = ss[rank]
+            optimizer, opt, schedule, _ = METHODS[m]
+            iters = QUICK["iters"] if quick else ITERS
+            if schedule is not None and schedule["name"] == "ca-decay":
+                schedule = dict(schedule, T_max=iters)
+            if quick and schedule is not None and schedule["name"] == "ss-decay":
+                schedule = dict(schedule, step_size=100)
+            if quick and schedule is not None and schedule["name"] == "e-decay":
+                schedule = dict(schedule, every=100)
+            cfg = dict(model=spec["model"], data="mnist", optimizer=optimizer, opt=dict(opt), schedule=schedule,
+                       iters=iters, batch=64, seed=seed, eval_every=QUICK["eval_every"] if quick else 1000,
+                       dtype="float32")
+            if quick:
+                cfg["test_limit"] = QUICK["test_limit"]
+            runs.append((f"{m}-s{seed}", cfg))
+    return runs
+
+
+def _status(run_dir):
+    p = os.path.join(run_dir, "summary.json")
+    if not os.path.isfile(p):
+        return None
+    try:
+        with open(p) as f:
+            return json.load(f).get("status")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _train_argv(config, out):
+    argv = [sys.executable, "-m", "qlabref", "train", "--quiet", "--out", out, "--model", config["model"],
+            "--data", config["data"], "--optimizer", config["optimizer"], "--iters", str(config["iters"]),
+            "--batch", str(config["batch"]), "--seed", str(config["seed"]), "--eval-every", str(config["eval_every"]),
+            "--dtype", config["dtype"]]
+    if config.get("opt"):
+        argv += ["--opt"] + [f"{k}={v!r}" for k, v in config["opt"].items()]
+    if config.get("schedule"):
+        s = config["schedule"]
+        argv += ["--schedule", s["name"]] + [f"{k}={v!r}" for k, v in s.items() if k != "name"]
+    if config.get("test_limit"):
+        argv += ["--test-limit", str(config["test_limit"])]
+    return argv
+
+
+def _one_thread_env():
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = "1"
+    return env
+
+
+def run_local(run_id, config, run_dir):
+    """One run in a child process (one BLAS thread); resumes an interrupted run. Returns the status."""
+    status = _status(run_dir)
+    if status == "finished":
+        return status
+    if os.path.isfile(os.path.join(run_dir, "config.json")):
+        argv = [sys.executable, "-m", "qlabref", "train", "--quiet", "--resume", run_dir]
+    else:
+        argv = _train_argv(config, run_dir)
+    log = os.path.join(os.path.dirname(run_dir), f"{run_id}.log")
+    with open(log, "ab") as f:
+        subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=_one_thread_env())
+    return _status(run_dir)
+
+
+def run_in_worker(run_id, config, run_dir):
+    """One run inside a Dask worker's process (``--dask``): same code path, resumable the same way."""
+    from . import train
+
+    status = _status(run_dir)
+    if status == "finished":
+        return status
+    if os.path.isfile(os.path.join(run_dir, "config.json")):
+        summary = train.resume(run_dir, quiet=True)
+    else:
+        summary = train.run(dict(config, out=run_dir), quiet=True)
+    return summary.get("status")
+
+
+def _downsample(values, bucket):
+    v = np.asarray(values, dtype=float)
+    n = len(v) // bucket * bucket
+    out = {}
+    if n == 0:
+        return {"mean": v.tolist(), "min": v.tolist(), "max": v.tolist()}
+    b = v[:n].reshape(-1, bucket)
+    tail = v[n:]
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(b, axis=1).tolist() + ([float(np.nanmean(tail))] if len(tail) else [])
+        mn = np.nanmin(b, axis=1).tolist() + ([float(np.nanmin(tail))] if len(tail) else [])
+        mx = np.nanmax(b, axis=1).tolist() + ([float(np.nanmax(tail))] if len(tail) else [])
+    out["mean"], out["min"], out["max"] = mean, mn, mx
+    return out
+
+
+def run_summary_record(run_id, run_dir, bucket=CURVE_BUCKET):
+    """The small, committed record of a run: its summary and curves downsampled to ``bucket`` iterations."""
+    from .runplots import load_run
+
+    r = load_run(run_dir)
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    n = len(r["iter"])
+    starts = list(range(0, n, bucket))
+
+    def clean(xs):
+        return [None if (x is None or not math.isfinite(x)) else float(f"{x:.6g}") for x in xs]
+
+    curves = {"bucket": bucket, "iter": [int(r["iter"][i]) for i in starts]}
+    loss = _downsample(r["loss"], bucket)
+    lr = _downsample(r["lr"], bucket)
+    curves.update(loss_mean=clean(loss["mean"]), loss_min=clean(loss["min"]), loss_max=clean(loss["max"]),
+                  lr_mean=clean(lr["mean"]), lr_max=clean(lr["max"]))
+    if np.any(np.isfinite(r["alpha_star"])):
+        curves["alpha_star_max"] = clean(_downsample(r["alpha_star"], bucket)["max"])
+    for k in ("versions", "machine"):
+        summary.pop(k, None)
+    return {"run_id": run_id, "summary": summary, "evals": r["evals"], "curves": curves}
+
+
+def run_grid(grid, runs_dir, results_dir, jobs=None, quick=False, methods=None, seeds=None, dask=None,
+             progress=True):
+    """Run (or resume) every run of the grid not finished yet; write each finished run's record.
+    Returns ``{run_id: status}``."""
+    runs = grid_runs(grid, quick=quick, methods=methods, seeds=seeds)
+    grid_dir = os.path.join(runs_dir, grid + ("-quick" if quick else ""))
+    rec_dir = os.path.join(results_dir, grid + ("-quick" if quick else ""))
+    os.makedirs(grid_dir, exist_ok=True)
+    os.makedirs(rec_dir, exist_ok=True)
+    jobs = jobs or os.cpu_count() or 1
+    statuses = {}
+    todo = []
+    for run_id, cfg in runs:
+        run_dir = os.path.join(grid_dir, run_id)
+        if _status(run_dir) == "finished" and os.path.isfile(os.path.join(rec_dir, f"{run_id}.json")):
+            statuses[run_id] = "finished"
+            continue
+        todo.append((run_id, cfg, run_dir))
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    say(f"qlabref reproduce {grid}{' --quick' if quick else ''}: {len(runs)} runs, {len(runs) - len(todo)} already "
+        f"finished, {len(todo)} to run ({'dask ' + str(dask) if dask else f'{jobs} local processes'}); "
+        f"run directories in {grid_dir}")
+    t0 = time.time()
+
+    def done(run_id, run_dir, status):
+        statuses[run_id] = status
+        if status in ("finished", "diverged", "failed"):
+            rec = run_summary_record(run_id, run_dir)
+            tmp = os.path.join(rec_dir, f".{run_id}.json.tmp")
+            with open(tmp, "w") as f:
+                json.dump(rec, f, separators=(",", ":"))
+            os.replace(tmp, os.path.join(rec_dir, f"{run_id}.json"))
+        acc = None
+        try:
+            with open(os.path.join(run_dir, "summary.json")) as f:
+                acc = json.load(f).get("final_test_accuracy")
+        except (OSError, json.JSONDecodeError):
+            pass
+        say(f"  [{len(statuses)}/{len(runs)}] {run_id}: {status}"
+            + (f", test accuracy {100 * acc:.2f}%" if acc is not None else "") + f" ({time.time() - t0:.0f} s)")
+
+    if dask:
+        from dask.distributed import Client
+
+        client = dask if not isinstance(dask, str) else Client(dask)
+        try:
+            futures = {client.submit(run_in_worker, rid, cfg, os.path.abspath(rd), key=f"qlabref-{grid}-{rid}",
+                                     pure=False): (rid, rd) for rid, cfg, rd in todo}
+            from dask.distributed import as_completed as dask_completed
+
+            for fut in dask_completed(futures):
+                rid, rd = futures[fut]
+                done(rid, rd, fut.result())
+        finally:
+            if isinstance(dask, str):
+                client.close()
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(run_local, rid, cfg, rd): (rid, rd) for rid, cfg, rd in todo}
+            for fut in as_completed(futures):
+                rid, rd = futures[fut]
+                done(rid, rd, fut.result())
+    return statuses
+
+
+# ---------------------------------------------------------------------------------------- extras
+def findplr_trace(seeds=range(8), dtypes=("float32", "float64"), alpha0=1e-5, model="mlp", batch=64):
+    """FindPLR (Algorithm 2) from ``alpha0`` at the first step of the MLP on MNIST (the paper's
+    Figure 8: 1e-5 → 0.00128 after 7 iterations), per seed and dtype: the ᾱ found, the doublings and
+    halvings, and loop 1's test value a2·ᾱ² = g(ᾱ) − g(0) + ᾱ‖∇L‖² at the first probe beside the float
+    spacing of the loss there (what decides the number of doublings near 1e-5)."""
+    from . import data, models, optim, tensor
+    from .nn import functional as F
+
+    X, y = data.mnist("train")
+    rows = []
+    for dt in dtypes:
+        for seed in seeds:
+            dtype = np.dtype(dt).type
+            m = models.get(model, seed=seed, dtype=dtype)
+            idx = data.batches(X, y, batch, seed=seed).next_indices()
+            xb, yb = tensor(X[idx].astype(dtype)), y[idx]
+
+            def closure():
+                return F.cross_entropy(m(xb), yb)
+
+            res = optim.find_plr(closure, m.parameters(), alpha0=alpha0, full_output=True)
+            # loop 1's first test at alpha0, recomputed here for the report
+            loss0 = closure()
+            grads = [np.zeros_like(p.data) for p in m.parameters()]
+            for p in m.parameters():
+                p.grad = None
+            loss0.backward()
+            gsq = sum(float(np.sum(p.grad.astype(np.float64) ** 2)) for p in m.parameters())
+            saved = [p.data.copy() for p in m.parameters()]
+            for p in m.parameters():
+                p.data -= dtype(alpha0) * p.grad
+            from . import no_grad
+
+            with no_grad():
+                g1 = float(closure().data)
+            for p, s in zip(m.parameters(), saved):
+                p.data[...] = s
+            del grads
+            test = g1 - float(loss0.data) + alpha0 * gsq
+            rows.append({"dtype": dt, "seed": seed, "pre_lr": res.pre_lr, "doublings": res.doublings,
+                         "halvings": res.halvings, "evals": res.evals, "loss": float(loss0.data),
+                         "grad_sq_norm": gsq, "loop1_test_at_alpha0": test,
+                         "loss_ulp": float(np.spacing(dtype(float(loss0.data))))})
+    return rows
+
+
+def time_per_step(model="mlp", methods=None, steps=60, block=10, seed=0, warmup=5):
+    """Time per step of each method relative to SGD, measured in **one process**: the methods take
+    turns in blocks of ``block`` steps on the same batches, so machine load affects them alike.
+    Returns ``{method: {"ms": median ms per step, "ratio": ms / SGD's ms}}``."""
+    from . import data, models, optim, tensor
+    from .nn import functional as F
+    from .optim import lr_scheduler
+
+    methods = methods or [m for m in ORDER if METHODS[m][3] == "paper"]
+    X, y = data.mnist("train")
+    it = data.batches(X, y, 64, seed=seed)
+    batches = [next(it) for _ in range(block)]
+    setups = {}
+    for m in methods:
+        name, opt_kw, sched, _ = METHODS[m]
+        net = models.get(model, seed=seed)
+        opt = optim.get(name, net.parameters(), **opt_kw)
+        setups[m] = (net, opt)
+    times = {m: [] for m in methods}
+    rounds = max(1, steps // block)
+    for r in range(rounds + 1):
+        for m in methods:
+            net, opt = setups[m]
+            for xb_np, yb in batches:
+                xb = tensor(xb_np)
+                t = time.perf_counter()
+                with np.errstate(all="ignore"):
+                    opt.step(lambda: F.cross_entropy(net(xb), yb))
+                if r > 0:  # round 0 is warm-up
+                    times[m].append(time.perf_counter() - t)
+    base = float(np.median(times["sgd"])) if "sgd" in times else None
+    return {m: {"ms": 1000 * float(np.median(ts)), "ratio": (float(np.median(ts)) / base) if base else None}
+            for m, ts in times.items()}
+
+
+def _time_per_step_one_thread(model, steps):
+    """:func:`time_per_step` in a child process with one BLAS thread (the parent may have more)."""
+    code = ("import json, qlabref.reproduce as r; "
+            f"print(json.dumps(r.time_per_step(model={model!r}, steps={int(steps)})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_one_thread_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"time_per_step failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------- results
+def load_records(results_dir, grid, quick=False):
+    rec_dir = os.path.join(results_dir, grid + ("-quick" if quick else ""))
+    recs = {}
+    if os.path.isdir(rec_dir):
+        for name in sorted(os.listdir(rec_dir)):
+            if name.endswith(".json") and not name.startswith("."):
+                with open(os.path.join(rec_dir, name)) as f:
+                    rec = json.load(f)
+                recs[rec["run_id"]] = rec
+    return recs
+
+
+def _method_of(run_id):
+    return run_id.rsplit("-s", 1)[0]
+
+
+def _curve_run(rec):
+    """A record's downsampled curves in the shape :mod:`qlabref.runplots` draws."""
+    c = rec["curves"]
+    arr = lambda k: np.array([np.nan if v is None else v for v in c.get(k, [])], dtype=float)  # noqa: E731
+    summ = rec["summary"]
+    return {"path": rec["run_id"], "iter": np.array(c["iter"], dtype=float), "loss": arr("loss_mean"),
+            "lr": arr("lr_mean"), "pre_lr": arr("lr_mean") * np.nan, "alpha_star": arr("lr_mean") * np.nan,
+            "fallback": arr("lr_mean") * np.nan, "a2": arr("lr_mean") * np.nan, "evals": rec.get("evals", []),
+            "config": summ.get("config", {}), "summary": summ}
+
+
+def _fmt_acc(vals):
+    if not vals:
+        return "—"
+    a = 100 * np.asarray(vals)
+    if len(a) == 1:
+        return f"{a[0]:.2f} (1 seed)"
+    return f"{a.mean():.2f} ± {a.std(ddof=1):.2f} (n={len(a)})"
+
+
+def write_results(grid, results_dir, quick=False, command=None, wall=None, with_timing=True, with_findplr=True):
+    """``results_dir/<grid>.md`` (and figures in ``results_dir/<grid>/``) from the committed records."""
+    from . import runplots
+    from .train import git_commit
+
+    recs = load_records(results_dir, grid, quick)
+    suffix = "-quick" if quick else ""
+    fig_dir = os.path.join(results_dir, grid + suffix, "figures")
+    os.makedirs(fig_dir, exist_ok=True)
+    model = GRIDS[grid]["model"]
+    by_method = {}
+    for rid, rec in recs.items():
+        by_method.setdefault(_method_of(rid), []).append(rec)
+    L = [f"# {grid}{suffix}: the paper's MNIST {model.upper()} experiments, reproduced with qlabref", ""]
+    L += [f"Produced by `{command or 'qlabref reproduce ' + grid}` at commit `{git_commit()}` "
+          f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+          + (f"; this invocation took {wall:.0f} s" if wall is not None else "") + ".", ""]
+    n_expected = len(grid_runs(grid, quick=quick))
+    L += [f"Runs recorded: {len(recs)} of {n_expected} in the grid"
+          + (" (**partial grid**: missing runs are still to be run; `qlabref reproduce` continues them)"
+             if len(recs) < n_expected else "") + ".", ""]
+    L += ["Protocol and every choice where the paper is silent: see `python -m pydoc qlabref.reproduce` "
+          "(30,000 iterations, batch 64, float32, lr 0.1 for every competitor, final-iterate test accuracy, "
+          "seeds fix weights and data order)." if not quick else
+          f"Quick form: {QUICK['iters']} iterations, seed 0, test accuracy on the first {QUICK['test_limit']} test "
+          "images. It checks the pipeline, not the paper's numbers.", ""]
+
+    def table(group, title, paper=True):
+        rows = [m for m in ORDER if METHODS[m][3] == group and m in by_method]
+        if not rows:
+            return []
+        out = [f"## {title}", "", "| method | settings | test accuracy % (mean ± sd over seeds) | paper | "
+               "diverged/failed | QLAB fallback α=ᾱ | final train loss (mean of last 100) |",
+               "|---|---|---|---|---|---|---|"]
+        for m in rows:
+            rs = sorted(by_method[m], key=lambda r: r["summary"]["config"]["seed"])
+            accs = [r["summary"].get("final_test_accuracy") for r in rs if r["summary"].get("final_test_accuracy") is not None]
+            bad = [f"s{r['summary']['config']['seed']}: {r['summary']['status']} at t={r['summary'].get('stopped_at_iter')}"
+                   for r in rs if r["summary"]["status"] != "finished"]
+            fb = [r["summary"].get("fallback_fraction") for r in rs if r["summary"].get("fallback_fraction") is not None]
+            tl = [r["summary"].get("final_train_loss_mean_last_100") for r in rs]
+            tl = [v for v in tl if v is not None and math.isfinite(v)]
+            cfg0 = rs[0]["summary"]["config"]
+            kw, sched = cfg0.get("opt") or {}, cfg0.get("schedule")
+            settings = " ".join(f"{k}={v}" for k, v in kw.items()) or "defaults"
+            if sched:
+                settings += " + " + " ".join([sched["name"]] + [f"{k}={v}" for k, v in sched.items() if k != "name"])
+            pv = PAPER_TABLE2[model].get(m) if paper else None
+            out.append(f"| {m} | {settings} | {_fmt_acc(accs)} | {pv if pv is not None else '—'} | "
+                       f"{'; '.join(bad) or '—'} | {(f'{100 * np.mean(fb):.2f}%' if fb else '—')} | "
+                       f"{(f'{np.mean(tl):.4g}' if tl else '—')} |")
+        per_seed = []
+        for m in rows:
+            for r in sorted(by_method[m], key=lambda r: r["summary"]["config"]["seed"]):
+                s = r["summary"]
+                acc = s.get("final_test_accuracy")
+                per_seed.append(f"{m} s{s['config']['seed']}: {100 * acc:.2f}%" if acc is not None else f"{m}: —")
+        out += ["", "Per seed: " + "; ".join(per_seed) + ".", ""]
+        return out
+
+    L += table("paper", "Table 2: test accuracy after the last iteration (the paper's protocol)")
+    L += table("decay", "Decay schedules on SGD (lr 0.1)", paper=False)
+    L += table("unfair", "Where the paper's protocol is unfair: RMSprop and Adam at their customary lr 1e-3",
+               paper=False)
+
+    # figures from the downsampled curves
+    for group, title in (("paper", "paper's methods"), ("decay", "SGD with decay schedules")):
+        runs = [_curve_run(r) for m in ORDER if METHODS[m][3] in (group, "paper" if group == "decay" else group)
+                and (group == "paper" or m in ("sgd", "qlabgrad") or METHODS[m][3] == "decay")
+                for r in sorted(by_method.get(m, []), key=lambda r: r["summary"]["config"]["seed"])
+                if r["summary"]["config"]["seed"] == 0]
+        if not runs:
+            continue
+        plt = runplots._plt()
+        tag = "methods" if group == "paper" else "decay"
+        zoom = ((0, 10000 if not quick else 100, 0, 0.2) if model == "mlp" else
+                (20000 if not quick else 200, 30000 if not quick else 300, 0, 0.2))
+        fig = runplots.loss_figure(runs, smooth=max(1, 100 // CURVE_BUCKET), zoom=zoom, raw=False,
+                                   title=f"MNIST {model.upper()}, {title}, seed 0: training loss "
+                                         f"(mean per {CURVE_BUCKET} iterations)")
+        for fmt in ("png", "svg"):
+            fig.savefig(os.path.join(fig_dir, f"loss-{tag}.{fmt}"), dpi=110)
+        plt.close(fig)
+        fig = runplots.lr_figure([r for r in runs], log=True,
+                                 title=f"MNIST {model.upper()}, {title}, seed 0: learning rate (Figure 3{'a' if model == 'mlp' else 'b'})")
+        for fmt in ("png", "svg"):
+            fig.savefig(os.path.join(fig_dir, f"lr-{tag}.{fmt}"), dpi=110)
+        plt.close(fig)
+        rel = os.path.relpath(fig_dir, results_dir)
+        L += [f"![training loss, {title}]({rel}/loss-{tag}.png)", "",
+              f"![learning rate, {title}]({rel}/lr-{tag}.png)", ""]
+
+    if with_findplr:
+        rows = findplr_trace(seeds=range(8) if not quick else range(2))
+        L += ["## FindPLR from 1e-5 (the paper's Figure 8: 1e-5 → 0.00128 after 7 iterations)", "",
+              "FindPLR (Algorithm 2) at the first step of the MLP, on each seed's first minibatch. "
+              "`loop-1 test` is a2·ᾱ² = g(ᾱ) − g(0) + ᾱ‖∇L‖² at ᾱ = 1e-5, `ulp(L)` the float spacing of the loss "
+              "there: loop 1 doubles while the test is negative.", "",
+              "| dtype | seed | ᾱ found | doublings | halvings | probes | L | ‖∇L‖² | loop-1 test at 1e-5 | ulp(L) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            L.append(f"| {r['dtype']} | {r['seed']} | {r['pre_lr']:.5g} | {r['doublings']} | {r['halvings']} | "
+                     f"{r['evals']} | {r['loss']:.6g} | {r['grad_sq_norm']:.4g} | {r['loop1_test_at_alpha0']:.3g} | "
+                     f"{r['loss_ulp']:.2g} |")
+        L.append("")
+    if with_timing:
+        tm = _time_per_step_one_thread(model=model, steps=30 if quick else 100)
+        L += ["## Time per step relative to SGD (one process, methods interleaved in blocks of 10 steps, one thread)",
+              "", "| method | ms per step (median) | × SGD | paper |", "|---|---|---|---|"]
+        for m, v in tm.items():
+            L.append(f"| {m} | {v['ms']:.2f} | {v['ratio']:.2f} | {PAPER_TIME.get(m, 1.0 if m == 'sgd' else '—')} |")
+        L.append("")
+    path = os.path.join(results_dir, f"{grid}{suffix}.md")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(L) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,284 @@
+"""Figures from training-run records (``qlabref plot DIR [DIR ...]``): the paper's Figure 3 (learning
+rate against iteration) and Figures 4–7 (training loss against iteration, raw and smoothed, with a
+zoomed inset over a range the user chooses).
+
+Each run directory written by :mod:`qlabref.train` is one legend entry, labelled from its
+configuration (optimizer, the options given, schedule, seed). Conventions:
+
+- the raw minibatch loss is drawn as a faint band (the min–max of each bucket of iterations when a
+  run has more points than the figure has pixels, so no spike is hidden by thinning), the smoothed
+  loss (moving average over ``smooth`` iterations) as a solid line;
+- a run that stopped early (``diverged`` / ``failed`` / ``interrupted`` in ``summary.json``) says so
+  in the legend, with the iteration, and ends with an ×. Its loss is **clipped** to the y-range of
+  the other runs (the legend says "clipped"), so one diverging run does not squash the rest;
+- iteration axes start at 0 (no negative ticks); ``log=True`` puts the y-axis on a log scale.
+
+Every function returns the matplotlib ``Figure``; :func:`plot_runs` writes PNG and SVG.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+
+__all__ = ["load_run", "lr_figure", "loss_figure", "plot_runs", "run_label"]
+
+_COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
+_MAX_POINTS = 2000
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _float(text):
+    try:
+        return float(text) if text != "" else math.nan
+    except ValueError:
+        return math.nan
+
+
+def load_run(path):
+    """A run directory's records as arrays: ``iter``, ``loss``, ``lr``, ``pre_lr``, ``alpha_star``,
+    ``fallback`` (NaN where empty), ``evals`` rows, ``config`` and ``summary`` (dicts)."""
+    path = os.fspath(path)
+    steps_path = os.path.join(path, "steps.csv")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such run directory")
+    if not os.path.isfile(steps_path):
+        raise FileNotFoundError(f"{steps_path}: no such file (is {path} a qlabref run directory?)")
+    with open(steps_path, newline="") as f:
+        reader = csv.DictReader(f)
+        need = {"iter", "loss", "lr"}
+        if reader.fieldnames is None or not need <= set(reader.fieldnames):
+            raise ValueError(f"{steps_path}: expected the columns {sorted(need)}, got {reader.fieldnames}")
+        rows = list(reader)
+    run = {"path": path}
+    for key in ("iter", "loss", "lr", "pre_lr", "alpha_star", "fallback", "a2"):
+        run[key] = np.array([_float(r.get(key, "")) for r in rows], dtype=float)
+    run["evals"] = []
+    evals_path = os.path.join(path, "evals.csv")
+    if os.path.isfile(evals_path):
+        with open(evals_path, newline="") as f:
+            run["evals"] = [{k: _float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    for name in ("config", "summary"):
+        p = os.path.join(path, f"{name}.json")
+        run[name] = {}
+        if os.path.isfile(p):
+            try:
+                with open(p) as f:
+                    run[name] = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{p}: not valid JSON ({exc})") from None
+    if not run["config"] and run["summary"].get("config"):
+        run["config"] = run["summary"]["config"]
+    return run
+
+
+def run_label(run, with_seed=True):
+    """``"sgd lr=0.1 + ss-decay step_size=5000 (seed 0)"`` from a run's configuration."""
+    c = run.get("config") or {}
+    parts = [str(c.get("optimizer", os.path.basename(run["path"].rstrip("/"))))]
+    opt = c.get("opt") or {}
+    if opt:
+        parts.append(" ".join(f"{k}={v}" for k, v in opt.items()))
+    s = c.get("schedule")
+    if s:
+        parts.append("+ " + " ".join([str(s.get("name"))] + [f"{k}={v}" for k, v in s.items() if k != "name"]))
+    if c.get("dtype") == "float64":
+        parts.append("float64")
+    label = " ".join(parts)
+    if with_seed and "seed" in c:
+        label += f" (seed {c['seed']})"
+    return label
+
+
+def _stopped(run):
+    s = run.get("summary") or {}
+    status = s.get("status")
+    if status in ("diverged", "failed", "interrupted"):
+        return status, s.get("stopped_at_iter")
+    return None, None
+
+
+def _moving_average(y, window):
+    y = np.asarray(y, dtype=float)
+    if window <= 1 or len(y) < 2:
+        return y
+    window = min(window, len(y))
+    finite = np.isfinite(y)
+    yz = np.where(finite, y, 0.0)
+    c = np.cumsum(np.insert(yz, 0, 0.0))
+    n = np.cumsum(np.insert(finite.astype(float), 0, 0.0))
+    out = np.empty_like(y)
+    for_idx = np.arange(len(y))
+    lo = np.maximum(for_idx - window + 1, 0)
+    counts = n[for_idx + 1] - n[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (c[for_idx + 1] - c[lo]) / counts
+    out[counts == 0] = np.nan
+    return out
+
+
+def _envelope(x, y, max_points=_MAX_POINTS):
+    """(x, lo, hi) of buckets so at most ``max_points`` are drawn; min–max per bucket."""
+    if len(x) <= max_points:
+        return x, y, y
+    k = int(math.ceil(len(x) / max_points))
+    m = len(x) // k * k
+    xb = x[:m].reshape(-1, k)[:, 0]
+    yb = y[:m].reshape(-1, k)
+    with np.errstate(all="ignore"):
+        lo = np.nanmin(np.where(np.isfinite(yb), yb, np.nan), axis=1)
+        hi = np.nanmax(np.where(np.isfinite(yb), yb, np.nan), axis=1)
+    return xb, lo, hi
+
+
+def _ylimits(runs, key, log, smooth):
+    """y-range from the runs that did not stop early (all runs if every one did)."""
+    good = [r for r in runs if _stopped(r)[0] is None] or runs
+    vals = []
+    for r in good:
+        y = r[key]
+        y = y[np.isfinite(y)]
+        if log:
+            y = y[y > 0]
+        if len(y):
+            vals.append(y)
+    if not vals:
+        return None
+    allv = np.concatenate(vals)
+    lo, hi = float(np.min(allv)), float(np.max(allv))
+    if log:
+        return lo / 1.5, hi * 1.5
+    pad = 0.05 * (hi - lo if hi > lo else abs(hi) or 1.0)
+    return min(lo - pad, 0.0) if lo >= 0 else lo - pad, hi + pad
+
+
+def _label_with_status(run, clipped):
+    label = run_label(run)
+    status, at = _stopped(run)
+    if status:
+        label += f" — {status} at t={at}"
+    if clipped:
+        label += ", clipped"
+    return label
+
+
+def lr_figure(runs, log=False, title=None):
+    """Figure 3: the learning rate each step used against the iteration."""
+    plt = _plt()
+    runs = [load_run(r) if isinstance(r, (str, os.PathLike)) else r for r in runs]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    ylim = _ylimits(runs, "lr", log, 1)
+    for i, r in enumerate(runs):
+        x, y = r["iter"], r["lr"]
+        ok = np.isfinite(y)
+        clipped = ylim is not None and bool(np.any(y[ok] > ylim[1]))
+        if clipped:
+            y = np.minimum(y, ylim[1])  # drawn along the top edge; the legend says "clipped" 
+        color = _COLORS[i % len(_COLORS)]
+        xe, lo, hi = _envelope(x[ok], y[ok])
+        if len(xe) < len(x[ok]):
+            ax.fill_between(xe, lo, hi, color=color, alpha=0.35, lw=0)
+            ax.plot(xe, (lo + hi) / 2, color=color, lw=0.8, label=_label_with_status(r, clipped))
+        else:
+            ax.plot(x[ok], y[ok], color=color, lw=0.8, label=_label_with_status(r, clipped))
+        status, at = _stopped(r)
+        if status and len(x[ok]):
+            ax.plot([x[ok][-1]], [min(y[ok][-1], ylim[1]) if ylim else y[ok][-1]], "x", color=color, ms=9, mew=2)
+    if log:
+        ax.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(ylim[0], ylim[1] * (1.5 if log else 1.03))
+    ax.set_xlim(left=0)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("learning rate α_t" + (" (log scale)" if log else ""))
+    ax.set_title(title or "Learning rate per step (the paper's Figure 3)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(runs, smooth=100, zoom=None, log=False, title=None, raw=True):
+    """Figures 4–7: training (minibatch) loss against the iteration, raw (faint band) and smoothed
+    (moving average over ``smooth`` iterations); ``zoom=(x0, x1, y0, y1)`` adds an inset."""
+    plt = _plt()
+    runs = [load_run(r) if isinstance(r, (str, os.PathLike)) else r for r in runs]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for r in runs:
+        r["_smooth"] = _moving_average(r["loss"], smooth)
+    ylim = _ylimits(runs, "_smooth" if not raw else "loss", log, smooth)
+    if ylim is not None and not log:
+        ylim = (max(ylim[0], 0.0) if min(np.nanmin(r["loss"]) for r in runs if len(r["loss"])) >= 0 else ylim[0],
+                ylim[1])
+    axes = [ax]
+    inset = None
+    if zoom is not None:
+        x0, x1, y0, y1 = zoom
+        inset = ax.inset_axes([0.45, 0.45, 0.52, 0.5])
+        axes.append(inset)
+    for i, r in enumerate(runs):
+        color = _COLORS[i % len(_COLORS)]
+        x, y, ys = r["iter"], r["loss"], r["_smooth"]
+        hi_lim = ylim[1] if ylim else np.inf
+        clipped = bool(np.any(np.isfinite(y) & (y > hi_lim))) or bool(np.any(~np.isfinite(y)))
+        for a in axes:
+            yc = np.where(np.isfinite(y), y, hi_lim) if np.isfinite(hi_lim) else y
+            yc = np.minimum(yc, hi_lim)  # clipped runs run along the top edge
+            if raw:
+                xe, lo, hi = _envelope(x, yc)
+                if len(xe) < len(x):
+                    a.fill_between(xe, lo, hi, color=color, alpha=0.18, lw=0)
+                else:
+                    a.plot(x, yc, color=color, lw=0.6, alpha=0.3)
+            a.plot(x, np.minimum(ys, hi_lim) if np.isfinite(hi_lim) else ys, color=color, lw=1.3,
+                   label=_label_with_status(r, clipped) if a is ax else None)
+            status, at = _stopped(r)
+            if status and len(x):
+                last = np.nanmax(ys[np.isfinite(ys)][-1:]) if np.any(np.isfinite(ys)) else hi_lim
+                a.plot([x[-1]], [min(last, hi_lim)], "x", color=color, ms=9, mew=2)
+    if log:
+        for a in axes:
+            a.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(ylim[0], ylim[1] * (1.5 if log else 1.03))
+    ax.set_xlim(left=0)
+    if inset is not None:
+        inset.set_xlim(max(x0, 0), x1)
+        inset.set_ylim(y0, y1)
+        inset.set_title(f"zoom: iterations {x0:g}–{x1:g}", fontsize=8)
+        inset.tick_params(labelsize=7)
+        inset.grid(alpha=0.3)
+        ax.indicate_inset_zoom(inset, edgecolor="0.4")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("training loss (minibatch cross-entropy)" + (", log scale" if log else ""))
+    ax.set_title(title or f"Training loss (the paper's Figures 4–7): band = raw, line = moving average over {smooth}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left" if inset is not None else "best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_runs(dirs, out, smooth=100, zoom=None, log_lr=False, log_loss=False, formats=("png", "svg"), title=None):
+    """Write ``lr.{png,svg}`` and ``loss.{png,svg}`` for the runs in ``dirs`` into ``out``; returns the paths."""
+    plt = _plt()
+    runs = [load_run(d) for d in dirs]
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for name, fig in (("lr", lr_figure(runs, log=log_lr, title=title and f"{title}: learning rate")),
+                      ("loss", loss_figure(runs, smooth=smooth, zoom=zoom, log=log_loss,
+                                           title=title and f"{title}: training loss"))):
+        for fmt in formats:
+            path = os.path.join(out, f"{name}.{fmt}")
+            fig.savefig(path, dpi=130)
+            written.append(path)
+        plt.close(fig)
+    return written
