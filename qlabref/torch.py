@@ -34,7 +34,9 @@ What a probe does not change (the paper's g(ᾱ) is a function of θ on *this* m
   in the forward pass; after the step it is left where the main forward left it.
 - **A failed step changes nothing.** If the closure raises (in the forward or in a probe), or the loss
   or the gradient is not finite (``NonFiniteLossError``, raised before the update), the parameters,
-  the optimizer state, the buffers touched by the forward and the RNG state are restored.
+  the optimizer state, the buffers touched by the forward and the RNG state are restored. (Memory:
+  a step holds one copy of the parameters, and QLAB one of its momentum/Adam state, as the reference
+  engine does.)
 
 Parameter groups: there is **one** α for all parameters (‖∇L‖² and ∇L·V are sums over every group,
 as the paper's scalar learning rate requires), so several groups are allowed but must not set
@@ -133,14 +135,21 @@ def _loss_value(loss, owner, need_grad):
     return float(loss.detach().reshape(()).item())
 
 
+def _total(parts) -> float:
+    """Σ of float64 scalar tensors: one device sync when they share a device."""
+    if len({p.device for p in parts}) == 1:
+        return float(torch.stack(parts).sum().item())
+    return float(sum(p.item() for p in parts))
+
+
 def _sq_norm(tensors) -> float:
-    """Σ x² over all tensors, accumulated in float64 (one device sync)."""
-    return float(torch.stack([t.detach().double().pow(2).sum().to("cpu") for t in tensors]).sum().item())
+    """Σ x² over all tensors, accumulated in float64."""
+    return _total([t.detach().double().pow(2).sum() for t in tensors])
 
 
 def _dot(xs, ys) -> float:
     """Σ x·y over all tensor pairs, accumulated in float64."""
-    return float(torch.stack([(x.double() * y.double()).sum().to("cpu") for x, y in zip(xs, ys)]).sum().item())
+    return _total([(x.double() * y.double()).sum() for x, y in zip(xs, ys)])
 
 
 def _place(params, saved, alpha, dirs):
@@ -228,8 +237,9 @@ class _QLABBase(torch.optim.Optimizer):
             guard.restore()
 
     def _atomic(self, closure, body):
-        """Run ``body(loss)`` after the main forward + backward; on any exception put back the
-        parameters, the optimizer state, the buffers the forward touched and the RNG state."""
+        """Run ``body(params, loss, saved)`` after the main forward + backward (``saved``: copies of the
+        parameters from before it); on any exception put back the parameters, the optimizer state, the
+        buffers the forward touched and the RNG state."""
         params = self._params()
         self._rng_devs = _rng_devices(params)
         self._rng_before = _get_rng(self._rng_devs)
@@ -242,7 +252,7 @@ class _QLABBase(torch.optim.Optimizer):
             with guard:
                 loss = self._evaluate(closure, params)
             rng_after = _get_rng(self._rng_devs)
-            result = body(params, loss)
+            result = body(params, loss, saved_params)
             _set_rng(rng_after, self._rng_devs)
             return result
         except BaseException:
@@ -317,9 +327,9 @@ class QLABGrad(_QLABBase):
         if closure is None:
             raise ValueError("QLABGrad.step: needs a closure (forward only, returning the minibatch loss): "
                              "Algorithm 1 evaluates the loss a second time at θ − ᾱ∇L")
-        return self._atomic(closure, lambda params, loss: self._step(closure, params, loss))
+        return self._atomic(closure, lambda params, loss, saved: self._step(closure, params, loss, saved))
 
-    def _step(self, closure, params, loss):
+    def _step(self, closure, params, loss, saved):
         group = self.param_groups[0]
         mode, every = _parse_findplr(group["findplr"], "QLABGrad")
         gs = self.global_state
@@ -344,7 +354,7 @@ class QLABGrad(_QLABBase):
             self._finish_step(record)
             return loss
 
-        saved = [p.detach().clone() for p in params]  # θ_{t−1}, kept to compute every point from
+        # ``saved``: θ_{t−1} (copied before the forward pass), every point is computed from it
 
         def g_at(alpha):  # Eq. (3): g(α) = L(θ_{t−1} − α∇L(θ_{t−1})), one probe forward
             self._move(params, saved, alpha, grads, "probe")
@@ -466,9 +476,9 @@ class QLAB(_QLABBase):
         if closure is None:
             raise ValueError(f"{owner}.step: needs a closure (forward only, returning the minibatch loss): QLAB "
                              "evaluates the loss a second time at θ − βV")
-        return self._atomic(closure, lambda params, loss: self._step(closure, params, loss))
+        return self._atomic(closure, lambda params, loss, saved: self._step(closure, params, loss, saved))
 
-    def _step(self, closure, params, loss):
+    def _step(self, closure, params, loss, saved):
         owner = type(self).__name__
         group = self.param_groups[0]
         gs = self.global_state
@@ -497,9 +507,7 @@ class QLAB(_QLABBase):
             self._finish_step(record)
             return loss
 
-        saved = [p.detach().clone() for p in params]
-
-        def g_at(alpha):  # g(α) = L(θ − αV), one probe forward
+        def g_at(alpha):  # g(α) = L(θ − αV), one probe forward from the saved θ
             self._move(params, saved, alpha, dirs, "probe")
             return self._probe(closure)
 
@@ -550,7 +558,7 @@ def find_plr(closure, params, alpha0=DEFAULT_ALPHA0, max_evals=DEFAULT_MAX_EVALS
     max_evals = _check_max_evals(max_evals, owner)
     shell = _FindPLRShell(params)
 
-    def body(ps, g0):
+    def body(ps, g0, saved):
         grads = shell._grads(ps)
         gsq = _sq_norm(grads)  # ‖∇L(θ)‖² over all parameters
         if not math.isfinite(gsq):
@@ -561,7 +569,6 @@ def find_plr(closure, params, alpha0=DEFAULT_ALPHA0, max_evals=DEFAULT_MAX_EVALS
                 f"pre-learning rate to determine; last ᾱ = {alpha0!r}",
                 0, alpha0, g0, 0,
             )
-        saved = [p.detach().clone() for p in ps]
 
         def g_at(alpha):
             _place(ps, saved, alpha, grads)
