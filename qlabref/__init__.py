@@ -40,6 +40,7 @@ _LAZY_MODULES = {
     "runplots": "qlabref.runplots",
     "train": "qlabref.train",
     "kernels": "qlabref.kernels",
+    "crosscheck_torch": "qlabref.crosscheck_torch",  # qr.crosscheck's module (imports torch when run)
     "torch": "qlabref.torch",  # needs PyTorch: not in __all__, so a star import works without it
 }
 _LAZY_NAMES = {

@@ -16,6 +16,7 @@ or a qlabref model) and ``--data path/to/data.npz`` (arrays ``X`` and ``y``).
 from __future__ import annotations
 
 import os
+import sys
 
 from ..errors import UsageError
 
@@ -128,12 +129,20 @@ def run(args) -> int:
           f"batch {args.batch_size}, seed {args.seed}, {args.steps} steps, PyTorch on {args.device}")
     results = []
     for dt in dtypes:
+        bar = None
+        if sys.stderr.isatty():  # a progress bar on a terminal (the table follows each dtype's run)
+            from tqdm import tqdm
+
+            bar = tqdm(total=args.steps, desc=f"crosscheck {dt}", unit="step", file=sys.stderr, leave=False)
         try:
             res = crosscheck(model, X, y, optimizer=args.optimizer, steps=args.steps, batch_size=args.batch_size,
                              seed=args.seed, dtype=dt, options=options, tol=args.tol, device=args.device,
-                             model_name=model_name)
+                             model_name=model_name, callback=(lambda row: bar.update(1)) if bar else None)
         except (TypeError, ValueError) as e:
             raise UsageError(f"crosscheck: {e}") from e
+        finally:
+            if bar is not None:
+                bar.close()
         results.append(res)
         if not args.quiet:
             print(f"[{dt}]")
