@@ -126,6 +126,10 @@ def model_names(text):
     return list(dict.fromkeys(names))
 
 
+#: upper bound of a thread count (a child process with thousands of BLAS threads only thrashes)
+MAX_THREADS = 256
+
+
 def thread_counts(text):
     """``"1,2"`` → ``[1, 2]``; each a positive int."""
     out = []
@@ -137,8 +141,8 @@ def thread_counts(text):
             n = int(part)
         except ValueError:
             raise ValueError(f"bench: thread count {part!r} is not an integer") from None
-        if n < 1:
-            raise ValueError(f"bench: thread count must be >= 1, got {n}")
+        if not 1 <= n <= MAX_THREADS:
+            raise ValueError(f"bench: thread count must be between 1 and {MAX_THREADS}, got {n}")
         out.append(n)
     if not out:
         raise ValueError("bench: no thread count given")

@@ -28,8 +28,16 @@ def _command_modules():
     return sorted(mods, key=lambda m: (rank.get(m.NAME, len(_ORDER)), m.NAME))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error convention: one line on stderr, exit code 2 (argparse's own
+    usage block would make a user's typo several lines long)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qlabref",
         description="qlabref: a NumPy/Numba reference engine for QLABGrad (Fu & Wu).",
     )
@@ -52,8 +60,11 @@ def main(argv=None) -> int:
         return int(args._run(args) or 0)
     except UsageError as exc:
         # A user's mistake: one line on stderr, exit code 2, no traceback (API.md, Command line).
-        print(f"qlabref {args.command}: error: {exc}", file=sys.stderr)
+        print(f"qlabref {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"qlabref {args.command}: interrupted (results written so far are kept)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

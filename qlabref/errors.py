@@ -6,8 +6,13 @@ never with a traceback; library code raises ``ValueError``/``TypeError`` subclas
 """
 from __future__ import annotations
 
-__all__ = ["UsageError"]
+__all__ = ["UsageError", "FileFormatError"]
 
 
 class UsageError(ValueError):
     """A user's mistake: reported as one line on stderr, exit code 2 (see ``qlabref.cli.main``)."""
+
+
+class FileFormatError(ValueError):
+    """A file exists but is not what the reader expects (truncated, empty, text, another format); the
+    message names the file and what was wrong with it."""

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
+import zlib
 from collections import OrderedDict
 
 import numpy as np
 
+from .errors import FileFormatError
 from .nn import layers as L
-from .nn.module import Module, _as_array
+from .nn.module import Module, StateDictError, _as_array
 
-__all__ = ["translate_keys", "load_torch_state_dict", "to_torch", "from_torch", "save_npz", "load_npz"]
+__all__ = ["translate_keys", "load_torch_state_dict", "to_torch", "from_torch", "save_npz", "load_npz", "read_npz"]
 
 # kuangliu/pytorch-cifar → torchvision names (only inside keys, at component boundaries)
 _KEY_RULES = (
@@ -367,17 +370,63 @@ def from_torch(module):
 def save_npz(model: Module, path):
     """Write ``model.state_dict()`` to ``path`` (``.npz``), atomically (temp file, then rename)."""
     path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"save_npz: cannot write '{path}': the folder '{folder}' does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"save_npz: cannot write '{path}': it is a folder")
     tmp = path + ".tmp.npz"
-    np.savez(tmp, **model.state_dict())
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, **model.state_dict())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
 
 
-def load_npz(model: Module, path, strict=True):
-    """Load a ``save_npz`` file into ``model`` (same checks as ``load_state_dict``)."""
+def read_npz(path, what="load_npz"):
+    """The arrays of a ``.npz`` file as an ordered dict, every failure a named error.
+
+    ``FileNotFoundError``/``IsADirectoryError`` for a missing path or a folder; ``FileFormatError``
+    (a ``ValueError``) naming the file for an empty, truncated or corrupt archive, a text file, a
+    ``.npy`` file (one array, not an archive), or an archive holding pickled objects."""
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"load_npz: no such file '{path}'")
-    with np.load(path, allow_pickle=False) as f:
-        sd = OrderedDict((k, f[k]) for k in f.files)
-    return model.load_state_dict(sd, strict=strict)
+        raise FileNotFoundError(f"{what}: no such file '{path}'")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what}: '{path}' is a folder, not a .npz file")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise FileFormatError(f"{what}: '{path}' is empty (0 bytes), not a .npz archive")
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head.startswith(b"\x93NUMPY"):
+        raise FileFormatError(f"{what}: '{path}' is a .npy file (a single array), not a .npz archive of a "
+                              "state_dict (write one with qr.interop.save_npz)")
+    if not head.startswith(b"PK"):
+        raise FileFormatError(f"{what}: '{path}' is not a .npz archive (it does not start with the zip signature; "
+                              "a text file, or another format?)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return OrderedDict((k, f[k]) for k in f.files)
+    except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as e:
+        raise FileFormatError(f"{what}: '{path}' ({size} bytes) is a damaged or truncated .npz archive "
+                              f"({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise FileFormatError(f"{what}: '{path}' holds pickled Python objects, which are not loaded (only "
+                                  "numeric arrays)") from None
+        raise FileFormatError(f"{what}: '{path}' could not be read as a .npz archive ({e})") from None
+
+
+def load_npz(model: Module, path, strict=True):
+    """Load a ``save_npz`` file into ``model`` (same checks as ``load_state_dict``; file problems are
+    named errors, see ``read_npz``; a failed load changes nothing)."""
+    path = os.fspath(path)
+    sd = read_npz(path, "load_npz")
+    try:
+        return model.load_state_dict(sd, strict=strict)
+    except StateDictError as e:
+        raise StateDictError(f"load_npz '{path}': {e}") from None

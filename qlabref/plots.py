@@ -9,7 +9,16 @@ Conventions on the contour plots: filled contours of f − f_min on log-spaced l
 span several decades (Booth, Himmelblau, Rosenbrock, Beale), linear levels for Eggholder; known
 minima are white stars, the start point a blue dot (as in the paper), each optimizer one line with
 its settings in the legend. The axes are the function's domain box: a path that leaves it runs off
-the picture, and its legend entry says "left the domain at t=…" (nothing is clipped).
+the picture, and its legend entry says "left the domain at t=…" (nothing is clipped). QLABGrad's
+path (the paper's subject) is drawn on top of the others, in the main axes and in the zoom inset.
+When a run's target is the local minimum it ended in (Eggholder), that minimum is marked with a
+diamond in the run's colour and the legend says "reached its local minimum"; the star is the global
+minimum.
+
+Curves (``curves_figure``): a diverging run (non-finite, left the domain for good, or its gap grew
+far above where it started) would stretch the log-scale axis over hundreds of decades and flatten
+every other run; it is drawn up to the top of the others' range, clipped there, marked with a ▲ at
+the first clipped point, and its legend entry says "DIVERGED, clipped". Iteration axes start at 0.
 """
 from __future__ import annotations
 
@@ -120,13 +129,39 @@ def _draw_surface(ax, fn, n_levels=30, xlim=None, ylim=None, colorbar=True, imag
 
 def _mark_minima(ax, fn):
     m = fn.minima
+    if len(m) == 1:
+        label = f"global minimum f={float(np.min(fn.minima_values)):.6g}"
+    else:
+        label = "known minima" if np.ptp(fn.minima_values) > 1e-9 else f"known minima (f={float(fn.minima_values[0]):.6g})"
     ax.scatter(m[:, 0], m[:, 1], marker="*", s=220, c="white", edgecolors="k", linewidths=0.8, zorder=6,
-               clip_on=False, label="known minimum" if len(m) == 1 else "known minima")
+               clip_on=False, label=label)
+
+
+def _local_target(r):
+    """True when the run's reference is the local minimum it ended in (not a known minimum)."""
+    return r.target == "local" and r.target_point is not None
+
+
+def _beyond_paper(name):
+    """Methods after the paper (``qr.optim.is_beyond_paper``): drawn dashed, labelled as such."""
+    from .optim import is_beyond_paper
+
+    return is_beyond_paper(name)
+
+
+def _ls(name):
+    return "--" if _beyond_paper(name) else "-"
+
+
+def _label(r):
+    return r.label + (" [beyond the paper]" if _beyond_paper(r.optimizer) else "")
 
 
 def _run_label(r):
-    label = r.label
-    if r.hit is not None:
+    label = _label(r)
+    if r.hit is not None and _local_target(r):
+        label += f" — reached its local minimum (◆, f={r.target_value:.6g}) at t={r.hit}"
+    elif r.hit is not None:
         label += f" — reached at t={r.hit}"
     else:
         label += f" — not reached in {r.n_steps}"
@@ -150,19 +185,26 @@ def _draw_paths(ax, results, markers=True):
         ends_inside = r.nonfinite is None and r.in_domain_at_end
         cut = len(r.path) if (r.left_domain is None or ends_inside) else r.left_domain + 1
         head = r.path[:cut]
-        top = r.optimizer == "qlabgrad"  # the subject of the paper is drawn on top
-        (line,) = ax.plot(head[:, 0], head[:, 1], "-", color=color, lw=2.0 if top else 1.6, alpha=0.95,
-                          zorder=5.5 if top else 5,
-                          marker="o" if markers else None, markersize=2.5, markevery=max(1, len(head) // 60),
-                          label=_run_label(r))
+        z = _zorder(r)  # the subject of the paper is drawn on top
+        (line,) = ax.plot(head[:, 0], head[:, 1], _ls(r.optimizer), color=color, lw=2.0 if z else 1.6, alpha=0.95,
+                          zorder=5 + z, marker="o" if markers else None, markersize=2.5,
+                          markevery=max(1, len(head) // 60), label=_run_label(r))
         if cut < len(r.path):
             tail = r.path[cut - 1:]
             ax.plot(tail[:, 0], tail[:, 1], ":", color=color, lw=0.7, alpha=0.5, zorder=4)
         if ends_inside:
             ax.scatter([r.path[-1, 0]], [r.path[-1, 1]], marker="X", s=60, color=color, edgecolors="k",
-                       linewidths=0.6, zorder=7)
+                       linewidths=0.6, zorder=7 + z)
+        if r.hit is not None and _local_target(r):
+            ax.scatter([r.target_point[0]], [r.target_point[1]], marker="D", s=70, facecolors="none",
+                       edgecolors=color, linewidths=1.6, zorder=7.2 + z)
         lines.append(line)
     return lines
+
+
+def _zorder(r):
+    """0.5 extra for QLABGrad, so that its path is drawn over the others."""
+    return 0.5 if r.optimizer == "qlabgrad" else 0.0
 
 
 def contour_figure(fn, results=(), title=None, n_levels=30, xlim=None, ylim=None, figsize=(8.5, 6.8), ax=None,
@@ -218,7 +260,12 @@ def _zoom_inset(ax, fn, results, threshold=0.2):
     inset.set_zorder(20)
     _draw_surface(inset, fn, n_levels=20, xlim=(c[0] - half, c[0] + half), ylim=(c[1] - half, c[1] + half), colorbar=False)
     for i, r in enumerate(results):
-        inset.plot(r.path[:, 0], r.path[:, 1], "-o", color=_color(r.optimizer, i), lw=1.2, markersize=2)
+        z = _zorder(r)
+        inset.plot(r.path[:, 0], r.path[:, 1], "-o", color=_color(r.optimizer, i), lw=1.6 if z else 1.2,
+                   markersize=2, zorder=5 + z)
+        if r.hit is not None and _local_target(r):
+            inset.scatter([r.target_point[0]], [r.target_point[1]], marker="D", s=50, facecolors="none",
+                          edgecolors=_color(r.optimizer, i), linewidths=1.4, zorder=7 + z)
         inset.scatter([r.start[0]], [r.start[1]], s=40, c="#1f3bff", edgecolors="white", zorder=8)
     inset.set_xlim(c[0] - half, c[0] + half)
     inset.set_ylim(c[1] - half, c[1] + half)
@@ -251,32 +298,95 @@ def trajectory_grid(runs_by_function, title="Optimizer trajectories on the paper
     return fig
 
 
+def _diverged(r, gap):
+    """A run that would stretch a log axis: non-finite, left the domain for good, or its gap ended far
+    (1e3×) above where it started and above every value it had before."""
+    if r.nonfinite is not None or (r.left_domain is not None and not r.in_domain_at_end):
+        return True
+    finite = gap[np.isfinite(gap)]
+    return bool(len(finite) > 1 and finite[-1] > 1e3 * max(finite[0], 1e-300))
+
+
+def _clip_top(values_by_run, diverged, floor=1e-16):
+    """The top of a log axis: 10× the largest value of the runs that did not diverge (if all diverged,
+    1e3× the largest starting value); None when nothing has to be clipped."""
+    calm = [v[np.isfinite(v)] for v, d in zip(values_by_run, diverged) if not d]
+    calm = [v for v in calm if len(v)]
+    if calm:
+        top = 10.0 * max(float(np.max(v)) for v in calm)
+    else:
+        starts = [float(v[np.isfinite(v)][0]) for v in values_by_run if np.isfinite(v).any()]
+        top = 1e3 * max(starts) if starts else 1.0
+    top = max(top, 10 * floor)
+    needed = any(d and (np.any(~np.isfinite(v)) or np.nanmax(np.where(np.isfinite(v), v, np.nan)) > top)
+                 for v, d in zip(values_by_run, diverged) if np.isfinite(v).any())
+    return top if needed else None
+
+
+def _plot_clipped(ax, x, y, top, color, label, zorder, ls="-"):
+    """``y`` on a log axis, clipped at ``top`` (non-finite values count as above it); a ▲ marks the first
+    clipped point. Returns True if anything was clipped."""
+    over = ~np.isfinite(y) | (y > top) if top is not None else np.zeros(len(y), bool)
+    yc = np.where(over, top if top is not None else np.nan, y)
+    ax.plot(x, yc, color=color, ls=ls, label=label, zorder=zorder)
+    if over.any():
+        k = int(np.argmax(over))
+        ax.scatter([x[k]], [top], marker="^", s=60, color=color, edgecolors="k", linewidths=0.6, zorder=zorder + 1,
+                   clip_on=False)
+        return True
+    return False
+
+
 def curves_figure(results, title=None):
     """Two panels against the iteration: the gap f(θ_t) − f_ref (log scale) and the learning rate.
-    f_ref is each run's target value (or its nearest known minimum). Returns the Figure."""
+    f_ref is each run's target value (or its nearest known minimum). A diverging run is clipped at the
+    top of the other runs' range and says so in the legend (module docstring). Returns the Figure."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     fname = results[0].function if results else ""
-    for i, r in enumerate(results):
+    gaps, lrs = [], []
+    for r in results:
         fn = _functions.get(r.function)
         ref = r.target_value if r.target_value is not None else fn.f_min
-        gap = np.maximum(r.losses - ref, 1e-16)
+        with np.errstate(invalid="ignore"):
+            gaps.append(np.where(np.isfinite(r.losses), np.maximum(r.losses - ref, 1e-16), np.inf))
+        lr = np.asarray(r.lrs, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            lrs.append(np.where(lr > 0, lr, np.nan) if len(lr) else lr)
+    diverged = [_diverged(r, g) for r, g in zip(results, gaps)]
+    top_gap = _clip_top(gaps, diverged)
+    top_lr = _clip_top([v if len(v) else np.array([np.nan]) for v in lrs], diverged) if results else None
+    for i, (r, gap, lr, d) in enumerate(zip(results, gaps, lrs, diverged)):
         color = _color(r.optimizer, i)
-        ax1.semilogy(np.arange(len(gap)), gap, color=color, label=r.label)
+        z = 2 + _zorder(r)
+        ls = _ls(r.optimizer)
+        clipped = _plot_clipped(ax1, np.arange(len(gap)), gap, top_gap if d else None, color, _label(r), z, ls)
+        if clipped:
+            ax1.lines[-1].set_label(f"{_label(r)} — DIVERGED, clipped at the top (▲)")
         if r.hit is not None:
             ax1.axvline(r.hit, color=color, ls=":", lw=1)
-        if len(r.lrs):
-            ax2.semilogy(np.arange(1, len(r.lrs) + 1), np.where(r.lrs > 0, r.lrs, np.nan), color=color, label=r.label)
+        if len(lr):
+            clipped = _plot_clipped(ax2, np.arange(1, len(lr) + 1), lr, top_lr if d else None, color, _label(r), z, ls)
+            if clipped:
+                ax2.lines[-1].set_label(f"{_label(r)} — DIVERGED, clipped at the top (▲)")
     if results:
         ax1.axhline(results[0].tol, color="k", ls="--", lw=0.8, label=f"tolerance {results[0].tol:g}")
+    ax1.set_yscale("log")
+    ax2.set_yscale("log")
+    if top_gap is not None:
+        ax1.set_ylim(top=top_gap * 3)
+    if top_lr is not None:
+        ax2.set_ylim(top=top_lr * 3)
     ax1.set_xlabel("iteration t")
     ax1.set_ylabel("f(θ_t) − f_ref")
     ax1.set_title("distance to the optimum (dotted: first hit)")
     ax2.set_xlabel("iteration t")
     ax2.set_ylabel("learning rate α_t")
     ax2.set_title("learning rate per step")
+    n = max((len(g) for g in gaps), default=1)
     for ax in (ax1, ax2):
         ax.set_xscale("symlog", linthresh=10)
+        ax.set_xlim(0, max(n - 1, 1))  # iterations are >= 0: no negative ticks
         ax.legend(fontsize=7)
     fig.suptitle(title or f"{fname}: loss and learning rate")
     fig.tight_layout()
@@ -348,7 +458,8 @@ def animate_trajectories(fn, results, path, fps=12, max_frames=50, dpi=80):
     frames = np.unique(np.round(np.geomspace(1, n, min(max_frames, n))).astype(int))
     lines = []
     for i, r in enumerate(results):
-        (line,) = ax.plot([], [], "-o", color=_color(r.optimizer, i), lw=1.6, markersize=2.5, label=_run_label(r))
+        (line,) = ax.plot([], [], "-o", color=_color(r.optimizer, i), lw=1.6, markersize=2.5, label=_run_label(r),
+                          zorder=5 + _zorder(r))
         lines.append(line)
     counter = ax.text(0.98, 0.02, "", transform=ax.transAxes, ha="right", va="bottom", fontsize=9,
                       bbox=dict(facecolor="white", alpha=0.8))

@@ -75,14 +75,31 @@ METHODS = {
     "sgd-ca-decay": ("sgd", {"lr": 0.1}, {"name": "ca-decay", "T_max": ITERS, "eta_min": 1e-3}, "decay"),
     "rmsprop-lr1e-3": ("rmsprop", {"lr": 1e-3}, None, "unfair"),
     "adam-lr1e-3": ("adam", {"lr": 1e-3}, None, "unfair"),
+    # remedies for QLABGrad's late blow-up in minibatch training (NOT the paper's algorithm)
+    "qlabgrad-every1000": ("qlabgrad", {"findplr": "every:1000"}, None, "remedy"),
+    "qlabgrad-cap1": ("qlabgrad", {"max_lr_factor": 1.0}, None, "remedy"),
+    "qlabgrad-cap10": ("qlabgrad", {"max_lr_factor": 10.0}, None, "remedy"),
+    "qlabgrad-f64": ("qlabgrad", {}, None, "remedy"),
+    # beyond the paper (issue 14): the learning-rate-free methods that followed, with their authors' defaults
+    "dog": ("dog", {}, None, "beyond"),
+    "dadapt-sgd": ("dadapt-sgd", {}, None, "beyond"),
+    "dadapt-adam": ("dadapt-adam", {}, None, "beyond"),
+    "prodigy": ("prodigy", {}, None, "beyond"),
+    "schedulefree-sgd": ("schedulefree-sgd", {}, None, "beyond"),
+    "schedulefree-adamw": ("schedulefree-adamw", {}, None, "beyond"),
 }
+#: configuration changes other than optimizer options, per method
+OVERRIDES = {"qlabgrad-f64": {"dtype": "float64"}}
 #: the order in which runs are started (QLABGrad and SGD first: they matter most)
-ORDER = ["qlabgrad", "sgd", "adagrad", "hgd", "lqa", "l4gd", "sgd-ss-decay", "sgd-e-decay", "sgd-ca-decay",
-         "rmsprop", "adam", "rmsprop-lr1e-3", "adam-lr1e-3"]
+ORDER = ["qlabgrad", "sgd", "adagrad", "hgd", "lqa", "l4gd",
+         "qlabgrad-cap1", "qlabgrad-every1000", "qlabgrad-cap10", "qlabgrad-f64", "sgd-ss-decay", "sgd-e-decay", "sgd-ca-decay",
+         "rmsprop", "adam", "rmsprop-lr1e-3", "adam-lr1e-3",
+         "prodigy", "schedulefree-sgd", "schedulefree-adamw", "dadapt-adam", "dadapt-sgd", "dog"]
 
 GRIDS = {
     "mnist-mlp": {"model": "mlp", "seeds": {m: (0, 1, 2) for m in METHODS}},
-    "mnist-cnn": {"model": "cnn", "seeds": {m: ((0, 1, 2) if m in ("qlabgrad", "sgd") else (0,)) for m in METHODS}},
+    "mnist-cnn": {"model": "cnn", "seeds": {m: ((0, 1, 2) if m in ("qlabgrad", "sgd") else (0,)) for m in METHODS
+                                           if METHODS[m][3] not in ("beyond", "remedy")}},
 }
 QUICK = {"iters": 300, "eval_every": 100, "test_limit": 2000, "seeds": (0,)}
 CURVE_BUCKET = 30
@@ -93,7 +110,7 @@ def grid_runs(grid, quick=False, methods=None, seeds=None):
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; known: {', '.join(GRIDS)}")
     spec = GRIDS[grid]
-    chosen = [m for m in ORDER if methods is None or m in methods]
+    chosen = [m for m in ORDER if (methods is None or m in methods) and m in spec["seeds"]]
     if methods is not None:
         unknown = sorted(set(methods) - set(METHODS))
         if unknown:
@@ -119,6 +136,7 @@ def grid_runs(grid, quick=False, methods=None, seeds=None):
             cfg = dict(model=spec["model"], data="mnist", optimizer=optimizer, opt=dict(opt), schedule=schedule,
                        iters=iters, batch=64, seed=seed, eval_every=QUICK["eval_every"] if quick else 1000,
                        dtype="float32")
+            cfg.update(OVERRIDES.get(m, {}))
             if quick:
                 cfg["test_limit"] = QUICK["test_limit"]
             runs.append((f"{m}-s{seed}", cfg))
@@ -340,13 +358,12 @@ def findplr_trace(seeds=range(8), dtypes=("float32", "float64"), alpha0=1e-5, mo
     return rows
 
 
-def time_per_step(model="mlp", methods=None, steps=60, block=10, seed=0, warmup=5):
+def time_per_step(model="mlp", methods=None, steps=60, block=10, seed=0):
     """Time per step of each method relative to SGD, measured in **one process**: the methods take
     turns in blocks of ``block`` steps on the same batches, so machine load affects them alike.
     Returns ``{method: {"ms": median ms per step, "ratio": ms / SGD's ms}}``."""
     from . import data, models, optim, tensor
     from .nn import functional as F
-    from .optim import lr_scheduler
 
     methods = methods or [m for m in ORDER if METHODS[m][3] == "paper"]
     X, y = data.mnist("train")
@@ -375,10 +392,10 @@ def time_per_step(model="mlp", methods=None, steps=60, block=10, seed=0, warmup=
             for m, ts in times.items()}
 
 
-def _time_per_step_one_thread(model, steps):
+def _time_per_step_one_thread(model, steps, methods=None):
     """:func:`time_per_step` in a child process with one BLAS thread (the parent may have more)."""
     code = ("import json, qlabref.reproduce as r; "
-            f"print(json.dumps(r.time_per_step(model={model!r}, steps={int(steps)})))")
+            f"print(json.dumps(r.time_per_step(model={model!r}, steps={int(steps)}, methods={methods!r})))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_one_thread_env())
     if proc.returncode != 0:
         raise RuntimeError(f"time_per_step failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -469,6 +486,8 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
             settings = " ".join(f"{k}={v}" for k, v in kw.items()) or "defaults"
             if sched:
                 settings += " + " + " ".join([sched["name"]] + [f"{k}={v}" for k, v in sched.items() if k != "name"])
+            if cfg0.get("dtype") == "float64":
+                settings += " (float64)"
             pv = PAPER_TABLE2[model].get(m) if paper else None
             out.append(f"| {m} | {settings} | {_fmt_acc(accs)} | {pv if pv is not None else '—'} | "
                        f"{'; '.join(bad) or '—'} | {(f'{100 * np.mean(fb):.2f}%' if fb else '—')} | "
@@ -483,20 +502,49 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
         return out
 
     L += table("paper", "Table 2: test accuracy after the last iteration (the paper's protocol)")
+    L += table("remedy", "Remedies for QLABGrad's late blow-up (not the paper's algorithm; same seeds)", paper=False)
+    qrows = [(m, r) for m in ORDER if m == "qlabgrad" or METHODS[m][3] == "remedy"
+             for r in sorted(by_method.get(m, []), key=lambda r: r["summary"]["config"]["seed"])]
+    if qrows:
+        marks = [k for k in (1000, 5000, 10000, 20000, 25000, 30000) if k <= (QUICK["iters"] if quick else ITERS)]
+        if quick:
+            marks = [100, 200, 300]
+        L += ["### Every QLABGrad run: status, test accuracy along the run, largest α*", "",
+              "| run | status | " + " | ".join(f"acc@{k}" for k in marks) + " | final acc | max α* | max α_t | "
+              "fallback |", "|---|---|" + "---|" * len(marks) + "---|---|---|---|"]
+        for m, r in qrows:
+            s_ = r["summary"]
+            ev = {int(e["iter"]): e["test_accuracy"] for e in r.get("evals", [])}
+            accs = " | ".join(f"{100 * ev[k]:.2f}" if k in ev else "—" for k in marks)
+            st = s_["status"] + (f" at {s_.get('stopped_at_iter')}" if s_["status"] != "finished" else "")
+            fa = s_.get("final_test_accuracy")
+            fb = s_.get("fallback_fraction")
+            L.append(f"| {r['run_id']} | {st} | {accs} | {f'{100 * fa:.2f}' if fa is not None else '—'} | "
+                     f"{s_.get('alpha_star_max') if s_.get('alpha_star_max') is not None else '—':.3g} | "
+                     f"{s_.get('lr_max') if s_.get('lr_max') is not None else float('nan'):.3g} | "
+                     f"{f'{100 * fb:.2f}%' if fb is not None else '—'} |")
+        L.append("")
     L += table("decay", "Decay schedules on SGD (lr 0.1)", paper=False)
     L += table("unfair", "Where the paper's protocol is unfair: RMSprop and Adam at their customary lr 1e-3",
                paper=False)
+    L += table("beyond", "Beyond the paper: the learning-rate-free methods that followed (authors' defaults)",
+               paper=False)
 
     # figures from the downsampled curves
-    for group, title in (("paper", "paper's methods"), ("decay", "SGD with decay schedules")):
-        runs = [_curve_run(r) for m in ORDER if METHODS[m][3] in (group, "paper" if group == "decay" else group)
-                and (group == "paper" or m in ("sgd", "qlabgrad") or METHODS[m][3] == "decay")
+    picks = {"paper": lambda m: METHODS[m][3] == "paper",
+             "remedy": lambda m: m == "qlabgrad" or METHODS[m][3] == "remedy",
+             "decay": lambda m: m in ("sgd", "qlabgrad") or METHODS[m][3] == "decay",
+             "beyond": lambda m: m in ("sgd", "qlabgrad") or METHODS[m][3] == "beyond"}
+    for group, title in (("paper", "paper's methods"), ("remedy", "QLABGrad and remedies"),
+                         ("decay", "SGD with decay schedules"),
+                         ("beyond", "beyond the paper")):
+        runs = [_curve_run(r) for m in ORDER if picks[group](m)
                 for r in sorted(by_method.get(m, []), key=lambda r: r["summary"]["config"]["seed"])
                 if r["summary"]["config"]["seed"] == 0]
         if not runs:
             continue
         plt = runplots._plt()
-        tag = "methods" if group == "paper" else "decay"
+        tag = {"paper": "methods", "remedy": "remedies", "decay": "decay", "beyond": "beyond"}[group]
         zoom = ((0, 10000 if not quick else 100, 0, 0.2) if model == "mlp" else
                 (20000 if not quick else 200, 30000 if not quick else 300, 0, 0.2))
         fig = runplots.loss_figure(runs, smooth=max(1, 100 // CURVE_BUCKET), zoom=zoom, raw=False,
@@ -528,11 +576,16 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
                      f"{r['loss_ulp']:.2g} |")
         L.append("")
     if with_timing:
-        tm = _time_per_step_one_thread(model=model, steps=30 if quick else 100)
+        tm = _time_per_step_one_thread(model=model, steps=30 if quick else 100,
+                                       methods=[m for m in ORDER if METHODS[m][3] in ("paper", "beyond")
+                                                and m in GRIDS[grid]["seeds"]])
         L += ["## Time per step relative to SGD (one process, methods interleaved in blocks of 10 steps, one thread)",
               "", "| method | ms per step (median) | × SGD | paper |", "|---|---|---|---|"]
         for m, v in tm.items():
-            L.append(f"| {m} | {v['ms']:.2f} | {v['ratio']:.2f} | {PAPER_TIME.get(m, 1.0 if m == 'sgd' else '—')} |")
+            tag = " ‡" if METHODS[m][3] == "beyond" else ""
+            L.append(f"| {m}{tag} | {v['ms']:.2f} | {v['ratio']:.2f} | {PAPER_TIME.get(m, 1.0 if m == 'sgd' else '—')} |")
+        L.append("")
+        L.append("‡ beyond the paper (not in its comparison).")
         L.append("")
     path = os.path.join(results_dir, f"{grid}{suffix}.md")
     tmp = path + ".tmp"

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-__all__ = ["load_run", "lr_figure", "loss_figure", "plot_runs", "run_label"]
+__all__ = ["load_run", "lr_figure", "loss_figure", "qlab_figure", "plot_runs", "run_label"]
 
 _COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
@@ -60,7 +60,7 @@ def load_run(path):
             raise ValueError(f"{steps_path}: expected the columns {sorted(need)}, got {reader.fieldnames}")
         rows = list(reader)
     run = {"path": path}
-    for key in ("iter", "loss", "lr", "pre_lr", "alpha_star", "fallback", "a2"):
+    for key in ("iter", "loss", "lr", "pre_lr", "alpha_star", "fallback", "a1", "a2"):
         run[key] = np.array([_float(r.get(key, "")) for r in rows], dtype=float)
     run["evals"] = []
     evals_path = os.path.join(path, "evals.csv")
@@ -267,6 +267,58 @@ def loss_figure(runs, smooth=100, zoom=None, log=False, title=None, raw=True):
     return fig
 
 
+def _bucket_max(x, y, max_points=_MAX_POINTS):
+    xe, lo, hi = _envelope(x, y, max_points)
+    return xe, lo, hi
+
+
+def qlab_figure(runs, title=None):
+    """Why a QLAB run's step size behaves as it does: per step, against the iteration (log scales),
+    α* (Eq. 10) and ᾱ; ‖∇L‖² (= −a1, Eq. 7); the curvature a2 (Eq. 9); the minibatch loss a0. With
+    α* = ‖∇L‖²/(2a2), a step blows up when a2 falls faster than ‖∇L‖² -- visible here directly."""
+    plt = _plt()
+    runs = [load_run(r) if isinstance(r, (str, os.PathLike)) else r for r in runs]
+    runs = [r for r in runs if np.any(np.isfinite(r["a2"]))]
+    if not runs:
+        raise ValueError("qlab_figure: none of the runs has QLAB columns (a0, a1, a2, alpha_star, pre_lr)")
+    fig, axes = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
+    panels = [("alpha_star", "α* (Eq. 10), and ᾱ (dashed)"), ("gsq", "‖∇L‖² = −a1 (Eq. 7)"),
+              ("a2", "a2 (Eq. 9); a2 ≤ 0 → fallback α = ᾱ (not drawn)"), ("loss", "minibatch loss a0")]
+    for i, r in enumerate(runs):
+        color = _COLORS[i % len(_COLORS)]
+        x = r["iter"]
+        series = {"alpha_star": r["alpha_star"], "gsq": -r["a1"], "a2": r["a2"], "loss": r["loss"]}
+        for ax, (key, _) in zip(axes, panels):
+            y = series[key]
+            ok = np.isfinite(y) & (y > 0)
+            if not np.any(ok):
+                continue
+            xe, lo, hi = _envelope(x[ok], y[ok])
+            if len(xe) < ok.sum():
+                ax.fill_between(xe, lo, hi, color=color, alpha=0.3, lw=0)
+                ax.plot(xe, np.sqrt(lo * hi), color=color, lw=0.7, label=run_label(r) if key == "alpha_star" else None)
+            else:
+                ax.plot(x[ok], y[ok], color=color, lw=0.7, label=run_label(r) if key == "alpha_star" else None)
+            if key == "alpha_star":
+                pre = r["pre_lr"]
+                okp = np.isfinite(pre) & (pre > 0)
+                ax.plot(x[okp], pre[okp], color=color, lw=1.0, ls="--")
+        status, at = _stopped(r)
+        if status:
+            for ax in axes:
+                ax.axvline(at, color=color, ls=":", lw=1)
+    for ax, (_, label) in zip(axes, panels):
+        ax.set_yscale("log")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    axes[-1].set_xlabel("iteration")
+    axes[-1].set_xlim(left=0)
+    axes[0].legend(fontsize=7)
+    axes[0].set_title(title or "QLAB diagnostics per step (band = min-max per bucket; dotted line = run stopped)")
+    fig.tight_layout()
+    return fig
+
+
 def plot_runs(dirs, out, smooth=100, zoom=None, log_lr=False, log_loss=False, formats=("png", "svg"), title=None):
     """Write ``lr.{png,svg}`` and ``loss.{png,svg}`` for the runs in ``dirs`` into ``out``; returns the paths."""
     plt = _plt()
@@ -278,6 +330,13 @@ def plot_runs(dirs, out, smooth=100, zoom=None, log_lr=False, log_loss=False, fo
                                            title=title and f"{title}: training loss"))):
         for fmt in formats:
             path = os.path.join(out, f"{name}.{fmt}")
+            fig.savefig(path, dpi=130)
+            written.append(path)
+        plt.close(fig)
+    if any(np.any(np.isfinite(r["a2"])) for r in runs):
+        fig = qlab_figure(runs, title=title and f"{title}: QLAB diagnostics")
+        for fmt in formats:
+            path = os.path.join(out, f"qlab.{fmt}")
             fig.savefig(path, dpi=130)
             written.append(path)
         plt.close(fig)

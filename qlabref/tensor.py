@@ -19,7 +19,18 @@ def _to_array(data, dtype=None) -> np.ndarray:
     if isinstance(data, Tensor):
         data = data.data
     if dtype is not None:
-        return np.asarray(data, dtype=dtype)
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"tensor: {dtype!r} is not a dtype") from None
+        if dt.kind not in "biuf":
+            raise TypeError(f"tensor: a Tensor holds numbers (bool, integer or float), not {dt}")
+        if data is None or isinstance(data, (str, bytes, dict, set)):
+            raise TypeError(f"tensor: a Tensor holds numbers (bool, integer or float), got {_describe(data)}")
+        try:
+            return np.asarray(data, dtype=dt)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"tensor: cannot convert {_describe(data)} to {dt} ({e})") from None
     if isinstance(data, (np.ndarray, np.generic)):
         arr = np.asarray(data)  # NumPy arrays and scalars keep their dtype (np.float64 stays float64)
     elif isinstance(data, (bool, np.bool_)):
@@ -29,12 +40,30 @@ def _to_array(data, dtype=None) -> np.ndarray:
     elif isinstance(data, numbers.Real):
         arr = np.asarray(data, dtype=np.float32)  # python floats -> float32, as in PyTorch
     else:
-        arr = np.asarray(data)
+        if data is None or isinstance(data, (str, bytes, dict, set)):
+            raise TypeError(f"tensor: a Tensor holds numbers (bool, integer or float), got {_describe(data)}")
+        if isinstance(data, (list, tuple)) and any(isinstance(v, Tensor) for v in data):
+            raise TypeError("tensor: got a list of Tensors; use qr.stack(tensors) to join them (keeps the graph)")
+        try:
+            arr = np.asarray(data)
+        except ValueError as e:  # ragged nested lists
+            raise ValueError(f"tensor: the nested lists do not form a rectangular array ({e})") from None
         if arr.dtype == np.float64 and not _contains_ndarray_float64(data):
             arr = arr.astype(np.float32)  # nested python lists of floats -> float32
     if arr.dtype.kind == "f" and arr.dtype not in _FLOATS:
         arr = arr.astype(np.float32)  # float16 and friends are computed in float32
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"tensor: a Tensor holds numbers (bool, integer or float), got {_describe(data)} "
+                        f"(NumPy dtype {arr.dtype})")
     return arr
+
+
+def _describe(data):
+    if data is None:
+        return "None"
+    if isinstance(data, np.ndarray):
+        return f"an array of dtype {data.dtype}"
+    return f"a {type(data).__name__}"
 
 
 def _contains_ndarray_float64(data) -> bool:
@@ -55,7 +84,7 @@ class Tensor:
     in ``_node`` until ``backward`` releases it.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_node", "name", "__weakref__")
+    __slots__ = ("_data", "_grad", "requires_grad", "_node", "name", "__weakref__")
     # NumPy defers to our reflected operators: ndarray + Tensor -> Tensor.__radd__.
     __array_ufunc__ = None
 
@@ -65,8 +94,8 @@ class Tensor:
             raise TypeError(
                 f"tensor: requires_grad=True needs a float32 or float64 array, got dtype {arr.dtype}"
             )
-        self.data = arr
-        self.grad = None
+        self._data = arr
+        self._grad = None
         self.requires_grad = bool(requires_grad)
         self._node = None
         self.name = name
@@ -74,14 +103,58 @@ class Tensor:
     @classmethod
     def _from_op(cls, array, requires_grad):
         t = cls.__new__(cls)
-        t.data = array if isinstance(array, np.ndarray) else np.asarray(array)
-        t.grad = None
+        t._data = array if isinstance(array, np.ndarray) else np.asarray(array)
+        t._grad = None
         t.requires_grad = requires_grad
         t._node = None
         t.name = None
         return t
 
     # ---------------------------------------------------------------- plain properties
+    @property
+    def data(self) -> np.ndarray:
+        """The values (an ``np.ndarray``). Assigning replaces them: numbers only, and for a tensor that
+        requires grad a float32/float64 array of the same shape (its ``.grad``, optimizer state and
+        saved state_dicts are tied to the shape)."""
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        if isinstance(value, Tensor):
+            value = value._data
+        if not isinstance(value, np.ndarray):
+            value = _to_array(value)
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"data: a Tensor holds numbers (bool, integer or float), got an array of dtype {value.dtype}")
+        if self.requires_grad:
+            if value.dtype not in _FLOATS:
+                raise TypeError(f"data: a tensor that requires grad needs float32 or float64 data, got {value.dtype}")
+            old = self._data
+            if value.shape != old.shape:
+                raise ValueError(f"data: cannot replace the data of shape {old.shape} of a tensor that requires grad "
+                                 f"with an array of shape {value.shape} (its .grad and optimizer state have the old "
+                                 "shape); make a new Tensor instead")
+        self._data = value
+
+    @property
+    def grad(self):
+        """The gradient (``np.ndarray`` of the data's shape) or None. Assigning checks the shape and
+        that it is a float array (a wrong one would silently broadcast into later backward passes)."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if value is not None:
+            if isinstance(value, Tensor):
+                value = value._data
+            if not isinstance(value, np.ndarray):
+                value = np.asarray(value)
+            if value.dtype.kind != "f":
+                raise TypeError(f"grad: a gradient must be a float array, got dtype {value.dtype}")
+            if value.shape != self._data.shape:
+                raise ValueError(f"grad: a gradient of shape {value.shape} for a tensor of shape {self._data.shape}")
+        self._grad = value
+
     @property
     def shape(self):
         return self.data.shape
@@ -135,7 +208,7 @@ class Tensor:
     def astype(self, dtype) -> "Tensor":
         from .ops import core
 
-        return core.Cast.apply(self, dtype=np.dtype(dtype))
+        return core.Cast.apply(self, dtype=dtype)
 
     def backward(self, grad=None, retain_graph=False):
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
@@ -225,7 +298,11 @@ class Tensor:
         return _ops().Reshape.apply(self, shape=shape)
 
     def flatten(self, start_axis=0):
-        return self.reshape(self.shape[:start_axis] + (-1,))
+        if isinstance(start_axis, bool) or not isinstance(start_axis, numbers.Integral):
+            raise TypeError(f"flatten: start_axis must be an integer, got {start_axis!r}")
+        if not -max(self.ndim, 1) <= start_axis < max(self.ndim, 1):
+            raise ValueError(f"flatten: start_axis {start_axis} is out of range for a tensor of {self.ndim} dimensions")
+        return self.reshape(self.shape[:start_axis % max(self.ndim, 1)] + (-1,))
 
     def transpose(self, *axes):
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
@@ -294,7 +371,7 @@ def as_tensor(x, dtype=None) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if dtype is not None and not isinstance(x, np.ndarray):
-        return Tensor._from_op(np.asarray(x, dtype=dtype), requires_grad=False)
+        return Tensor._from_op(_to_array(x, dtype), requires_grad=False)
     if dtype is not None and isinstance(x, np.ndarray) and x.dtype.kind in "biu" :
         return Tensor._from_op(x.astype(dtype), requires_grad=False)
     return Tensor._from_op(_to_array(x), requires_grad=False)

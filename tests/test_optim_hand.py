@@ -195,6 +195,37 @@ def test_l4mom_first_two_steps(w0):
     close(out[1][1]["lr"], eta2)
 
 
+@pytest.mark.parametrize("T_dir, T_est", [(20.0, 10.0), (5.0, 10.0), (4.0, 30.0)])
+def test_l4mom_time_scales_are_the_official_knobs(w0, T_dir, T_est):
+    """Official TF code: L4Mom(mom_params={'time_momentum': T}) passes T to the DIRECTION transform
+    only; the gradient estimate keeps its own MomentumTransform (time 10 unless L4General's
+    gradient_params says otherwise). Three steps written out from L4/L4.py."""
+    w = w0.copy()
+    ema_v, ema_g = np.zeros(2), np.zeros(2)
+    dv, dg = 1 - 1 / T_dir, 1 - 1 / T_est
+    lmin = None
+    expected = []
+    for t in (1, 2, 3):
+        loss, g = L(w), grad(w)
+        lmin = GAMMA0 * loss if t == 1 else min(lmin, loss)
+        ema_v = ema_v - (ema_v - g) * (1 - dv)  # tf.train.ExponentialMovingAverage, zero-started
+        ema_g = ema_g - (ema_g - g) * (1 - dg)
+        v = ema_v / (1 - dv**t)
+        ghat = ema_g / (1 - dg**t)
+        eta = ALPHA * (loss - GAMMA * lmin) / (v @ ghat + EPS)
+        w = w - eta * v
+        lmin *= 1 + 1 / TAU
+        expected.append((w.copy(), eta))
+    kw = dict(time_momentum=T_dir) if T_est == 10.0 else dict(time_momentum=T_dir, gradient_time_momentum=T_est)
+    out, _, _ = run(qr.optim.L4Mom, w0, n=3, **kw)
+    for (wo, rec), (we, eta) in zip(out, expected):
+        close(wo, we)
+        close(rec["lr"], eta)
+    # the earlier behaviour (both EMAs at T_dir) is measurably different
+    both, _, _ = run(qr.optim.L4Mom, w0, n=3, time_momentum=T_dir, gradient_time_momentum=T_dir)
+    assert abs(both[2][1]["lr"] - expected[2][1]) > 1e-6 * abs(expected[2][1])
+
+
 def test_l4adam_first_two_steps(w0):
     """L4Adam: v = m̂/(√v̂ + 1e-4) (ε = 1e-4, the official code's, not Adam's 1e-8), ĝ = EMA(0.9)."""
     l1, g1 = L(w0), grad(w0)
@@ -339,7 +370,7 @@ def test_lqa_probes_change_nothing_and_see_no_grad(w0):
     close(p.data, w0 - opt.last_step["lr"] * g)
 
 
-def test_lqa_fallback_on_non_finite_probe_and_errors(w0):
+def test_lqa_non_finite_probe_raises_and_errors(w0):
     p = qr.tensor(w0.copy(), requires_grad=True)
 
     def closure():
@@ -347,15 +378,51 @@ def test_lqa_fallback_on_non_finite_probe_and_errors(w0):
         return loss * float("nan") if np.max(np.abs(p.data)) > 10 else loss
 
     opt = qr.optim.LQA([p], lr=100.0)  # the probes land far outside |w| ≤ 10 → NaN
-    opt.step(closure)
-    assert opt.last_step["fallback"] is True and opt.last_step["lr"] == 0.01
-    close(p.data, w0 - 0.01 * grad(w0))
+    before = opt.state_dict()
+    with pytest.raises(qr.optim.NonFiniteProbeError, match="probe"):
+        opt.step(closure)
+    assert np.array_equal(p.data, w0) and opt.state_dict().keys() == before.keys()
+    assert opt.state_dict()["global_state"] == before["global_state"]
     with pytest.raises(TypeError, match="closure"):
         opt.step()
     q = qr.tensor(w0.copy(), requires_grad=True)
     with pytest.raises(NonFiniteLossError):
         qr.optim.LQA([q]).step(lambda: L_tensor(q) * float("nan"))
     assert np.array_equal(q.data, w0)
+
+
+def test_lqa_fallback_previous_keeps_the_last_learning_rate_like_the_original(w0):
+    """The original's except-branch returns 0.01 but leaves the optimizer's lr as it was: the step
+    then uses the previous learning rate (at the very first step: ``lr``, the initial one). The
+    fallback is taken when η* is not finite although the probes are (here: a zero gradient in the
+    normalized mode, where d = g/max|g| is undefined); a NaN probe raises instead (the bad-input
+    rule of qlabref.optim.optimizer)."""
+    p = qr.tensor(w0.copy(), requires_grad=True)
+    flat = {"on": True}
+
+    def closure():
+        return (p * 0.0).sum() + 1.0 if flat["on"] else L_tensor(p)  # flat: zero gradient, finite loss
+
+    opt = qr.optim.LQA([p], lr=0.1, direction="normalized", fallback_lr="previous")
+    opt.step(closure)  # first step: no previous lr → lr = 0.1
+    assert opt.last_step["fallback"] and opt.last_step["lr"] == 0.1
+    close(p.data, w0)  # zero gradient: no move
+    flat["on"] = False
+    opt.step(closure)  # a good fit
+    eta = opt.last_step["lr"]
+    assert not opt.last_step["fallback"] and eta != 0.1
+    flat["on"] = True
+    opt.step(closure)  # failed fit → the previous step's η
+    assert opt.last_step["fallback"] and opt.last_step["lr"] == eta
+    num = qr.optim.LQA([qr.tensor(w0.copy(), requires_grad=True)], direction="normalized", fallback_lr=0.01)
+    num.step(lambda: (num.params()[0] * 0.0).sum() + 1.0)
+    assert num.last_step["fallback"] and num.last_step["lr"] == 0.01
+    w = p.data.copy()
+    with pytest.raises(qr.optim.NonFiniteProbeError):  # a NaN probe is not a fallback case
+        opt.step(lambda: L_tensor(p) * float("nan") if not np.array_equal(p.data, w) else L_tensor(p))
+    close(p.data, w)
+    with pytest.raises(ValueError, match="fallback_lr"):
+        qr.optim.LQA([p], fallback_lr="last")
 
 
 # ------------------------------------------------------------------------------------------ Adam §1.5

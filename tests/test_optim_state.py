@@ -27,8 +27,17 @@ CONFIGS = [
     ("l4adam", dict()),
     ("lqa", dict(lr=0.1)),
     ("lqa", dict(direction="normalized")),
+    # beyond the paper (issue 14)
+    ("dog", dict()),
+    ("ldog", dict(weight_decay=1e-3, avg_gamma=None)),
+    ("dadapt-sgd", dict(momentum=0.9)),
+    ("dadapt-adam", dict(use_bias_correction=True, weight_decay=1e-3)),
+    ("prodigy", dict(safeguard_warmup=True, slice_p=2)),
+    ("schedulefree-sgd", dict(lr=0.1, warmup_steps=3)),
+    ("schedulefree-adamw", dict(weight_decay=1e-2)),
 ]
-OURS = ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "hgd", "l4gd", "l4mom", "l4adam", "lqa"]
+OURS = ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "hgd", "l4gd", "l4mom", "l4adam", "lqa",
+        "dog", "ldog", "dadapt-sgd", "dadapt-adam", "prodigy", "schedulefree-sgd", "schedulefree-adamw"]
 EVALS = {"lqa": 3}
 IDS = [f"{n}-{i}" for i, (n, _) in enumerate(CONFIGS)]
 
@@ -105,7 +114,8 @@ def _p():
     return [qr.tensor(np.zeros(3), requires_grad=True)]
 
 
-WITH_LR = ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "hgd", "lqa"]
+WITH_LR = ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "hgd", "lqa", "dog", "ldog", "dadapt-sgd", "dadapt-adam",
+           "prodigy", "schedulefree-sgd", "schedulefree-adamw"]
 
 
 @pytest.mark.parametrize("name", WITH_LR)

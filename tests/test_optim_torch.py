@@ -200,9 +200,11 @@ def test_effective_lr_definition(rng):
                 assert rec["base_lr"] == kw.get("lr", 1.0)
 
 
-def test_nan_loss_proceeds_like_torch(rng):
-    """The torch baselines do not raise on a NaN loss; the NaN gradient flows into the parameters."""
+def test_nan_loss_raises_where_torch_would_proceed(rng):
+    """Deliberate difference from torch: a NaN loss raises before anything changes (torch would write
+    NaN into the parameters)."""
     p = qr.tensor(np.array([1.0, 2.0]), requires_grad=True)
     opt = qr.optim.SGD([p], lr=0.1)
-    loss = opt.step(lambda: (p * float("nan")).sum())
-    assert np.isnan(loss) and np.all(np.isnan(p.data))
+    with pytest.raises(qr.optim.NonFiniteLossError, match="loss"):
+        opt.step(lambda: (p * float("nan")).sum())
+    assert np.array_equal(p.data, [1.0, 2.0])

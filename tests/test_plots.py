@@ -79,7 +79,7 @@ def test_contour_figure_has_contours_one_line_per_run_minima_and_start(name):
         np.testing.assert_allclose(np.asarray(line.get_xydata()), r.path)
         assert r.optimizer in line.get_label()
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any("known minim" in t for t in labels) and any(t.startswith("start") for t in labels)
+    assert any(t.startswith(("global minimum", "known minim")) for t in labels) and any(t.startswith("start") for t in labels)
     assert (ax.get_xlim(), ax.get_ylim()) == (tuple(fn.domain[0]), tuple(fn.domain[1]))
     cbar_axes = [a for a in fig.axes if a is not ax]
     assert cbar_axes and cbar_axes[0].get_ylabel().startswith("f(x, y)")
@@ -164,3 +164,45 @@ def test_save_and_animate(tmp_path):
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     gif = plots.animate_trajectories("booth", runs, tmp_path / "booth.gif", max_frames=4, dpi=40)
     assert open(gif, "rb").read(4) == b"GIF8"
+
+
+# ------------------------------------------------------------------ bad input: diverging runs, axes
+def test_a_diverging_run_is_clipped_marked_and_named_so_the_others_stay_readable():
+    from qlabref.trajectory import trajectory
+
+    fn = qr.functions.himmelblau
+    good = trajectory(fn, "qlabgrad", steps=60)
+    bad = trajectory(fn, "sgd", steps=60, lr=0.2)  # overflows within a few steps
+    assert bad.nonfinite is not None or bad.losses[-1] > 1e100
+    fig = plots.curves_figure([good, bad])
+    ax = fig.axes[0]
+    top = ax.get_ylim()[1]
+    assert top < 1e8, "the diverging run still stretches the axis"  # the good run starts near 1e2
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("DIVERGED" in t and "sgd" in t for t in labels)
+    assert not any("DIVERGED" in t and "qlabgrad" in t for t in labels)
+    for a in fig.axes[:2]:
+        assert a.get_xlim()[0] == 0  # iterations start at 0: no negative ticks
+        assert all(t >= 0 for t in a.get_xticks() if a.get_xlim()[0] <= t <= a.get_xlim()[1])
+    plots._plt().close(fig)
+
+
+def test_eggholder_local_target_is_labelled_and_marked_and_qlabgrad_is_on_top():
+    from qlabref.trajectory import trajectory
+
+    eg = qr.functions.eggholder
+    runs = [trajectory(eg, "qlabgrad", steps=200, target="local"), trajectory(eg, "adam", steps=200, lr=3.0, target="local")]
+    assert runs[0].hit is not None
+    fig = plots.contour_figure(eg, runs)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("global minimum") for t in labels)
+    q = [t for t in labels if t.startswith("qlabgrad")][0]
+    assert "local minimum" in q and f"t={runs[0].hit}" in q
+    lines = {line.get_label().split()[0]: line for line in ax.lines if line.get_label().startswith(("qlabgrad", "adam"))}
+    assert lines["qlabgrad"].get_zorder() > lines["adam"].get_zorder()
+    inset = [a for a in ax.child_axes]
+    if inset:  # the zoom: QLABGrad on top there too
+        z = sorted(inset[0].lines, key=lambda line: line.get_zorder())
+        assert z[-1].get_color() == plots.OPTIMIZER_COLORS["qlabgrad"]
+    plots._plt().close(fig)

@@ -357,7 +357,7 @@ def test_nonfinite_loss_raises_and_leaves_everything_untouched(rng):
     opt = QLABGrad([p], pre_lr=0.1, findplr="never")
     opt.step(lambda: (p * p).sum())
     th, state = p.data.copy(), dict(opt.global_state)
-    with pytest.raises(NonFiniteLossError, match="parameters unchanged"):
+    with pytest.raises(NonFiniteLossError, match="unchanged"):
         opt.step(lambda: (p * p).sum() * float("nan"))
     with pytest.raises(NonFiniteLossError, match="gradient"):  # finite loss, infinite gradient
         q = qr.tensor(np.zeros(2), requires_grad=True)

@@ -214,7 +214,7 @@ def test_figures(idx_dir, tmp_path):
     res = cli("plot", str(tmp_path / "q"), str(tmp_path / "s"), str(tmp_path / "d"), "--out", str(out),
               "--zoom", "0:10:0:3", "--smooth", "3")
     assert res.returncode == 0, res.stderr
-    for name in ("lr.png", "lr.svg", "loss.png", "loss.svg"):
+    for name in ("lr.png", "lr.svg", "loss.png", "loss.svg", "qlab.png", "qlab.svg"):
         assert (out / name).stat().st_size > 5000
     svg = (out / "loss.svg").read_text()
     assert "diverged at t=" in svg and "clipped" in svg
@@ -227,6 +227,13 @@ def test_figures(idx_dir, tmp_path):
     assert ax.get_xlim()[0] == 0
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("diverged" in t for t in labels) and any(t.startswith("qlabgrad") for t in labels)
+    # the QLAB panel plots exactly the recorded α*, ‖∇L‖² = −a1 and a2 of each step
+    fig = runplots.qlab_figure([str(tmp_path / "q")])
+    run = runplots.load_run(str(tmp_path / "q"))
+    line = fig.axes[1].get_lines()[0]
+    np.testing.assert_array_equal(line.get_ydata(), -run["a1"])
+    with pytest.raises(ValueError, match="none of the runs has QLAB columns"):
+        runplots.qlab_figure([str(tmp_path / "s")])
 
 
 BAD = [

@@ -13,7 +13,6 @@ import datetime
 import json
 import sys
 import time
-from pathlib import Path
 
 NAME = "bench"
 HELP = "time one training step of mlp()/paper_cnn()/ResNet-18 against PyTorch CPU (same process, same threads)"
@@ -37,34 +36,25 @@ def _arg_type(parse):
     return convert
 
 
-def _positive(text):
-    n = int(text)
-    if n < 1:
-        raise ValueError(f"must be >= 1, got {n}")
-    return n
-
-
-def _non_negative(text):
-    n = int(text)
-    if n < 0:
-        raise ValueError(f"must be >= 0, got {n}")
-    return n
+MAX_BATCH = 1024
+MAX_REPEATS = 10_000
 
 
 def add_arguments(parser):
     from .. import bench
+    from . import _args
 
     parser.add_argument("--models", type=_arg_type(bench.model_names), default=list(bench.MODELS),
                         help=f"comma-separated, from {','.join(bench.MODELS)} (default: all)")
     parser.add_argument("--threads", type=_arg_type(bench.thread_counts), default=[1],
                         help="thread count(s) for NumPy's BLAS and torch, e.g. 1 or 1,2 (default 1)")
-    parser.add_argument("--batch", type=_arg_type(_positive), default=None,
-                        help="batch size for every model (default: 64 for mlp and cnn, 8 for resnet18)")
-    parser.add_argument("--repeats", type=_arg_type(_positive), default=None,
-                        help="timed steps per side (default: 100 mlp, 20 cnn, 8 resnet18)")
-    parser.add_argument("--warmup", type=_arg_type(_non_negative), default=None,
-                        help="untimed steps per side before timing (default: 10 mlp, 3 cnn, 2 resnet18)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the input batch (default 0)")
+    parser.add_argument("--batch", type=_args.positive_int(MAX_BATCH), default=None,
+                        help=f"batch size for every model (default: 64 for mlp and cnn, 8 for resnet18; at most {MAX_BATCH})")
+    parser.add_argument("--repeats", type=_args.positive_int(MAX_REPEATS), default=None,
+                        help=f"timed steps per side (default: 100 mlp, 20 cnn, 8 resnet18; at most {MAX_REPEATS})")
+    parser.add_argument("--warmup", type=_args.bounded_int(0, MAX_REPEATS), default=None,
+                        help=f"untimed steps per side before timing (default: 10 mlp, 3 cnn, 2 resnet18; at most {MAX_REPEATS})")
+    parser.add_argument("--seed", type=_args.seed, default=0, help="seed of the weights and the input batch (default 0)")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip the PyTorch baseline (as if torch were not installed)")
     parser.add_argument("--out", default="qlabref-out/bench", help="output folder (default ./qlabref-out/bench)")
@@ -82,6 +72,9 @@ def run(args) -> int:
             return 2
         return bench.child_main(args.models, threads=args.threads[0], **opts)
 
+    from . import _args
+
+    out = _args.ensure_writable_dir(args.out)  # before minutes of measuring
     t0 = time.perf_counter()
     env = bench.environment()
     print(f"qlabref bench: one training step (zero_grad, forward, cross-entropy, backward), float32; "
@@ -91,6 +84,15 @@ def run(args) -> int:
               f"{env['cpu_count']} CPUs); timings will be noisy, and runs with N threads need N idle cores "
               f"(multi-threaded BLAS and torch can slow down many times over without them)", flush=True)
     runs = []
+    record = {
+        "command": "qlabref bench",
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "config": {"models": args.models, "threads": args.threads, "batch": args.batch, "repeats": args.repeats,
+                   "warmup": args.warmup, "seed": args.seed, "torch": not args.no_torch},
+        "environment": env,
+        "runs": runs,
+    }
+    json_path, md_path = out / "bench.json", out / "bench.md"
     for n in args.threads:
         print(f"qlabref bench: measuring with {n} thread(s) in a child process", flush=True)
         try:
@@ -107,15 +109,10 @@ def run(args) -> int:
                       "`pip install torch` (CPU) for it. Timing qlabref and the plain NumPy MLP baseline only.",
                       flush=True)
         runs.append(run_record)
+        # results as they are produced: the files hold every thread count measured so far
+        json_path.write_text(json.dumps(record, indent=1) + "\n")
+        md_path.write_text(bench.format_markdown(record))
 
-    record = {
-        "command": "qlabref bench",
-        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "config": {"models": args.models, "threads": args.threads, "batch": args.batch, "repeats": args.repeats,
-                   "warmup": args.warmup, "seed": args.seed, "torch": not args.no_torch},
-        "environment": env,
-        "runs": runs,
-    }
     print()
     print("median [quartiles] in ms per step; ratios of medians; NumPy = the MLP step in plain NumPy, same process")
     print(bench.format_table(runs))
@@ -126,10 +123,5 @@ def run(args) -> int:
                 print(f"qlabref bench: warning: {r['model']} at {run_record['threads']} thread(s): the first-step "
                       f"losses of qlabref and PyTorch differ by {d:.1e} (relative); the two models differ")
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / "bench.json", out / "bench.md"
-    json_path.write_text(json.dumps(record, indent=1) + "\n")
-    md_path.write_text(bench.format_markdown(record))
     print(f"\nqlabref bench: wrote {json_path} and {md_path} in {time.perf_counter() - t0:.1f} s")
     return 0

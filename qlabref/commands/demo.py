@@ -8,7 +8,6 @@ paper's Figure 1) and the iteration table next to the paper's numbers, all writt
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -25,11 +24,22 @@ DEMO_STARTS = 5
 DEMO_STEPS = 2000
 
 
+MAX_STARTS = 100
+MAX_STEPS = 100_000
+
+
 def add_arguments(parser):
+    from . import _args
+
     parser.add_argument("--out", default="qlabref-out/demo", help="output folder (default ./qlabref-out/demo)")
-    parser.add_argument("--starts", type=int, default=DEMO_STARTS, help=f"start points per function (default {DEMO_STARTS})")
-    parser.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"step budget of every run (default {DEMO_STEPS})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random start points (default 0)")
+    parser.add_argument("--starts", type=_args.positive_int(MAX_STARTS), default=DEMO_STARTS,
+                        help=f"start points per function (default {DEMO_STARTS}, at most {MAX_STARTS})")
+    parser.add_argument("--steps", type=_args.positive_int(MAX_STEPS), default=DEMO_STEPS,
+                        help=f"step budget of every run (default {DEMO_STEPS}, at most {MAX_STEPS})")
+    parser.add_argument("--seed", type=_args.seed, default=0, help="seed of the random start points (default 0)")
+    parser.add_argument("--optimizers", nargs="+", default=[], metavar="NAME",
+                        help="extra optimizers to add (as in `qlabref trajectories`); 'beyond-paper' adds dog, "
+                        "dadapt-sgd, dadapt-adam, prodigy, schedulefree-sgd, schedulefree-adamw (default: none)")
 
 
 def run(args) -> int:
@@ -38,17 +48,14 @@ def run(args) -> int:
     from .. import plots
 
     t0 = time.perf_counter()
-    print("qlabref demo: QLABGrad (FindPLR once) vs SGD and Adam (best lr of a small grid) on the paper's "
+    optimizers = traj.expand_optimizers(list(traj.DEFAULT_OPTIMIZERS) + list(args.optimizers))
+    extra = optimizers[len(traj.DEFAULT_OPTIMIZERS):]
+    print("qlabref demo: QLABGrad (FindPLR once) vs SGD and Adam (best lr of a small grid)"
+          + (f" and {', '.join(extra)}" if extra else "") + " on the paper's "
           f"Booth, Eggholder and Himmelblau; {args.starts} start points each, {args.steps} steps per run at most.",
           flush=True)
-    try:
-        comp = traj.compare(traj.DEFAULT_FUNCTIONS, traj.DEFAULT_OPTIMIZERS, n_starts=args.starts, seed=args.seed,
-                            steps=args.steps)
-    except ValueError as e:
-        print(f"qlabref demo: {e}", file=sys.stderr)
-        return 2
-    print()
-    status = traj.report(comp, args.out)
+    status = traj.run_and_report("demo", traj.DEFAULT_FUNCTIONS, optimizers, args.out,
+                                 n_starts=args.starts, seed=args.seed, steps=args.steps)
     if status:
         return status
 

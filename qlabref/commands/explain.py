@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -31,41 +30,61 @@ DESCRIPTION = (
 )
 
 
+MAX_POINTS = 10_001
+MAX_STEP = 10_000
+MAX_BATCH = 1024
+MAX_MODEL_STEP = 200
+MAX_MODEL_POINTS = 1001
+
+
 def add_arguments(parser):
     from .. import functions as F
+    from . import _args
 
-    parser.add_argument("--function", default="booth", help=f"2-D test function ({', '.join(F.names())}; default booth)")
+    parser.add_argument("--function", default=None,
+                        help=f"2-D test function ({', '.join(F.names())}; default booth)")
     parser.add_argument("--model", default=None, choices=["mlp", "paper_cnn", "resnet18"],
                         help="explain a step of a model instead (qr.models, float64) on one random minibatch")
-    parser.add_argument("--step", type=int, default=3, help="which step to explain, counted from 1 (default 3)")
+    parser.add_argument("--step", type=_args.positive_int(MAX_STEP), default=3,
+                        help=f"which step to explain, counted from 1 (default 3, at most {MAX_STEP}; {MAX_MODEL_STEP} with --model)")
     parser.add_argument("--optimizer", default="qlabgrad", help="optimizer that makes the run (default qlabgrad)")
-    parser.add_argument("--start", type=float, nargs=2, default=None, metavar=("X", "Y"),
+    parser.add_argument("--start", type=_args.finite_float, nargs=2, default=None, metavar=("X", "Y"),
                         help="start point on the 2-D function (default: the function's Figure-2 start)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate, for optimizers that take one")
-    parser.add_argument("--alpha0", type=float, default=None, help="QLABGrad's FindPLR start value (default: the optimizer's)")
-    parser.add_argument("--batch", type=int, default=64, help="--model: minibatch size of the random data (default 64)")
-    parser.add_argument("--seed", type=int, default=0, help="--model: seed of the weights and the random data (default 0)")
-    parser.add_argument("--points", type=int, default=201, help="number of α values on the grid (default 201)")
+    parser.add_argument("--lr", type=_args.positive_float, default=None, help="learning rate, for optimizers that take one")
+    parser.add_argument("--alpha0", type=_args.positive_float, default=None,
+                        help="FindPLR's / QLAB's start value α0, for the optimizers that take one (default: the optimizer's)")
+    parser.add_argument("--batch", type=_args.positive_int(MAX_BATCH), default=None,
+                        help=f"--model only: minibatch size of the random data (default 64, at most {MAX_BATCH})")
+    parser.add_argument("--seed", type=_args.seed, default=None,
+                        help="--model only: seed of the weights and the random data (default 0)")
+    parser.add_argument("--points", type=_args.bounded_int(3, MAX_POINTS), default=201,
+                        help=f"number of α values on the grid (default 201, from 3 to {MAX_POINTS}; "
+                        f"at most {MAX_MODEL_POINTS} with --model)")
     parser.add_argument("--out", default="qlabref-out/explain", help="output folder (default ./qlabref-out/explain)")
 
 
-def explain_step(params, closure, optimizer="qlabgrad", step=1, points=201, **opt_kw):
+def explain_step(params, closure, optimizer="qlabgrad", step=1, points=201, progress=None, **opt_kw):
     """Run ``optimizer`` on ``params`` with the forward-only ``closure`` for ``step`` steps and return
     the numbers of step ``step``: a dict with theta (list of arrays θ_{k−1}), grad, loss, record (the
     optimizer's ``last_step``), a0, a1, a2, pre_lr, alpha_star, lr, fallback, alphas and g (the true
     g(α) on the grid), g_lr (g at the landing α), and along_gradient (False for optimizers whose
-    step is not along −∇L)."""
+    step is not along −∇L). ``progress(done, total, what)``, if given, is called after every step of
+    the run and every grid point."""
     from .. import optim
     from ..autograd import no_grad, no_state_update
 
     if step < 1:
         raise ValueError(f"explain: --step counts from 1, got {step}")
+    if int(points) < 3:
+        raise ValueError(f"explain: the α grid needs at least 3 points, got {points}")
     params = list(params)
     opt = optim.get(optimizer, params, **opt_kw)
     theta = None
-    for _ in range(step):
+    for i in range(step):
         theta = [p.data.copy() for p in params]
         opt.step(closure)
+        if progress:
+            progress(i + 1, step, "optimizer steps")
     record = dict(opt.last_step)
     after = [p.data.copy() for p in params]
 
@@ -104,9 +123,13 @@ def explain_step(params, closure, optimizer="qlabgrad", step=1, points=201, **op
         fallback = False
     marks = [x for x in (pre_lr, alpha_star, lr) if x is not None and math.isfinite(x) and x > 0]
     top = 1.6 * max(marks) if marks else 1.0
-    alphas = np.unique(np.concatenate([np.linspace(0.0, top, max(int(points), 3)), marks]))
+    alphas = np.unique(np.concatenate([np.linspace(0.0, top, int(points)), marks]))
+    g = np.empty(len(alphas))
     with np.errstate(all="ignore"):
-        g = np.array([g_of(a) for a in alphas])
+        for i, a in enumerate(alphas):
+            g[i] = g_of(a)
+            if progress:
+                progress(i + 1, len(alphas), "points of g(α)")
         g_lr = g_of(lr)
     for p, t in zip(params, after):  # leave the parameters where the run left them
         p.data[...] = t
@@ -131,46 +154,104 @@ def _model_problem(args):
     import qlabref as qr
 
     shape, classes, what = _MODEL_INPUTS[args.model]
-    rng = np.random.default_rng(args.seed)
-    model = qr.models.get(args.model, seed=args.seed, dtype=np.float64)
-    xt = qr.tensor(rng.standard_normal((args.batch, *shape)))
-    y = rng.integers(0, classes, size=args.batch)
+    batch = 64 if args.batch is None else args.batch
+    seed = 0 if args.seed is None else args.seed
+    rng = np.random.default_rng(seed)
+    model = qr.models.get(args.model, seed=seed, dtype=np.float64)
+    xt = qr.tensor(rng.standard_normal((batch, *shape)))
+    y = rng.integers(0, classes, size=batch)
 
     def closure():
         return qr.cross_entropy(model(xt), y)
 
-    return list(model.parameters()), closure, f"{what}, one random minibatch of {args.batch}"
+    return list(model.parameters()), closure, f"{what}, one random minibatch of {batch}"
+
+
+class _Progress:
+    """Progress on stderr, at most one line every 2 s, only once the work has taken more than 2 s."""
+
+    def __init__(self):
+        import time
+
+        self.clock = time.perf_counter
+        self.t0 = self.last = self.clock()
+
+    def __call__(self, done, total, what):
+        now = self.clock()
+        if now - self.last >= 2.0 or (done == total and now - self.t0 >= 2.0):
+            self.last = now
+            print(f"qlabref explain: {done}/{total} {what} ({now - self.t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+def _check(args):
+    """Every argument, before any work: UsageError naming the problem."""
+    import inspect
+
+    import qlabref as qr
+
+    from ..errors import UsageError
+    from . import _args
+
+    name = args.optimizer.lower()
+    if name not in qr.optim.names():
+        raise UsageError(f"unknown optimizer '{args.optimizer}'; qr.optim has: {', '.join(qr.optim.names())}")
+    if args.model:
+        _args.reject_ignored(args, ["function", "start"], "--model explains a step of a model, not of a 2-D function")
+        # a model step and a grid point are each a forward pass of a network: tighter bounds
+        if args.step > MAX_MODEL_STEP:
+            raise UsageError(f"--step must be at most {MAX_MODEL_STEP} with --model (every step is a forward and "
+                             f"backward pass of the network), got {args.step}")
+        if args.points > MAX_MODEL_POINTS:
+            raise UsageError(f"--points must be at most {MAX_MODEL_POINTS} with --model (every point is a forward "
+                             f"pass of the network), got {args.points}")
+    else:
+        _args.reject_ignored(args, ["batch", "seed"], "they apply to --model only (a 2-D function has no data)")
+        try:
+            qr.functions.get(args.function or "booth")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    takes = inspect.signature(qr.optim.registry.OPTIMIZERS[name]).parameters
+    if args.lr is not None and "lr" not in takes:
+        hint = " (its step size comes from the fitted quadratic)" if name.startswith("qlab") else ""
+        raise UsageError(f"--lr would be ignored: {name} takes no learning rate{hint}")
+    if args.alpha0 is not None and "alpha0" not in takes:
+        raise UsageError(f"--alpha0 would be ignored: {name} takes no alpha0 (qlabgrad and the qlab family do)")
 
 
 def run(args) -> int:
     import qlabref as qr
 
     from .. import plots
+    from ..errors import UsageError
+    from . import _args
 
+    _check(args)
+    out = _args.ensure_writable_dir(args.out)
     opt_kw = {}
     if args.lr is not None:
         opt_kw["lr"] = args.lr
     if args.alpha0 is not None:
         opt_kw["alpha0"] = args.alpha0
+    if args.model:
+        params, closure, what = _model_problem(args)
+        tag = f"model_{args.model}"
+    else:
+        fn = qr.functions.get(args.function or "booth")
+        start = np.array(fn.default_start if args.start is None else args.start, dtype=np.float64)
+        p = qr.tensor(start.copy(), requires_grad=True)
+        params, closure = [p], (lambda: fn.f(p))
+        what = f"{fn.name} from ({start[0]:g}, {start[1]:g})"
+        tag = fn.name
+    if args.optimizer.lower() != "qlabgrad" and "lr" not in opt_kw and args.optimizer.lower() in ("sgd", "adam"):
+        opt_kw["lr"] = 0.01
     try:
-        if args.optimizer.lower() not in qr.optim.names():
-            raise ValueError(f"unknown optimizer '{args.optimizer}'; qr.optim has: {', '.join(qr.optim.names()) or '(none registered)'}")
-        if args.model:
-            params, closure, what = _model_problem(args)
-            tag = f"model_{args.model}"
-        else:
-            fn = qr.functions.get(args.function)
-            start = np.array(fn.default_start if args.start is None else args.start, dtype=np.float64)
-            p = qr.tensor(start.copy(), requires_grad=True)
-            params, closure = [p], (lambda: fn.f(p))
-            what = f"{fn.name} from ({start[0]:g}, {start[1]:g})"
-            tag = fn.name
-        if args.optimizer.lower() != "qlabgrad" and "lr" not in opt_kw and args.optimizer.lower() in ("sgd", "adam"):
-            opt_kw["lr"] = 0.01
-        res = explain_step(params, closure, args.optimizer, args.step, args.points, **opt_kw)
-    except ValueError as e:
-        print(f"qlabref explain: {e}", file=sys.stderr)
-        return 2
+        qr.optim.get(args.optimizer, [qr.tensor(np.zeros(1), requires_grad=True)], **opt_kw)  # options valid?
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    try:
+        res = explain_step(params, closure, args.optimizer, args.step, args.points, progress=_Progress(), **opt_kw)
+    except qr.optim.NonFiniteLossError as e:
+        raise UsageError(f"the run diverged before step {args.step}: {e}") from None
 
     r = res
     print(f"qlabref explain: step {r['step']} of {r['optimizer']} on {what}")
@@ -194,6 +275,6 @@ def run(args) -> int:
     if not r["along_gradient"]:
         print(f"  note: {r['optimizer']} does not step along −∇L, so its landing point is not on this curve; the "
               f"quadratic shown is QLAB's fit with ᾱ = its learning rate")
-    path = plots.save(fig, Path(args.out) / f"explain_{tag}_{r['optimizer']}_step{r['step']}.png")
+    path = plots.save(fig, out / f"explain_{tag}_{r['optimizer']}_step{r['step']}.png")
     print(f"Wrote {path}")
     return 0

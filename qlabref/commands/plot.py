@@ -11,7 +11,7 @@ HELP = "figures from training runs: learning rate (the paper's Figure 3) and tra
 DESCRIPTION = (
     "Draw the learning rate against the iteration (Figure 3) and the training loss, raw and smoothed, with an "
     "optional zoomed inset (Figures 4-7), one legend entry per run directory written by `qlabref train`. Runs "
-    "that diverged are marked and clipped (the legend says so). Writes lr.png/svg and loss.png/svg."
+    "that diverged are marked and clipped (the legend says so). Writes lr.png/svg and loss.png/svg, and qlab.png/svg (α*, ᾱ, ‖∇L‖², a2, loss per step) when a run is of the QLAB family."
 )
 
 

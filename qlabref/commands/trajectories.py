@@ -16,6 +16,13 @@ Protocol (printed and written with the results, so a reader can redo it):
   on the boundary with a nonzero slope (see ``qr.trajectory`` for the exact rules);
 - every optimizer gets the same step budget per function (``--steps``); runs stop early at the hit
   (known targets) or at a stationary point (‖∇f‖ < 1e-10).
+- ``--optimizers beyond-paper`` adds the learning-rate-free methods that followed the paper
+  (``qr.optim.BEYOND_PAPER``: dog, dadapt-sgd, dadapt-adam, prodigy, schedulefree-sgd,
+  schedulefree-adamw). Methods that set their own step size (DoG, D-Adaptation, Prodigy) run with
+  their authors' defaults, untuned, like QLABGrad; Schedule-Free keeps a real learning rate and gets
+  the SGD grid (schedulefree-sgd) or the Adam grid (schedulefree-adamw). The path is what the
+  parameters hold during training (Schedule-Free's y, DoG's un-averaged iterate), not the averaged
+  point their ``eval()`` would report.
 """
 from __future__ import annotations
 
@@ -55,27 +62,41 @@ DEFAULT_LRS = {
 #: step budget per function (the same for every optimizer on that function)
 DEFAULT_STEPS = {"booth": 5000, "himmelblau": 5000, "eggholder": 5000, "rosenbrock": 20000, "beale": 20000}
 DEFAULT_OPTIMIZERS = ("qlabgrad", "sgd", "adam")
+#: named groups ``--optimizers`` understands
+OPTIMIZER_GROUPS = {"beyond-paper": "BEYOND_PAPER"}
+#: optimizers with a learning rate that borrow another method's grid
+LR_GRID_OF = {"schedulefree-sgd": "sgd", "schedulefree-adamw": "adam"}
 DEFAULT_FUNCTIONS = ("booth", "eggholder", "himmelblau")
 GTOL = 1e-10
 
 
+#: upper bounds of the sizes (a run is ~0.05-0.5 ms per step; these keep one command under hours)
+MAX_STARTS = 1000
+MAX_STEPS = 200_000
+
+
 def add_arguments(parser):
     from .. import functions as F
+    from . import _args
 
     parser.add_argument("--functions", nargs="+", default=list(DEFAULT_FUNCTIONS), metavar="NAME",
                         help=f"test functions (default: the paper's three; known: {', '.join(F.names())})")
     parser.add_argument("--optimizers", nargs="+", default=[], metavar="NAME",
-                        help="extra optimizers from qr.optim to add to qlabgrad, sgd and adam")
-    parser.add_argument("--starts", type=int, default=10, help="start points per function (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random start points (default 0)")
-    parser.add_argument("--steps", type=int, default=None,
+                        help="extra optimizers from qr.optim to add to qlabgrad, sgd and adam; 'beyond-paper' adds "
+                        "the learning-rate-free methods after the paper (dog, dadapt-sgd, dadapt-adam, prodigy, "
+                        "schedulefree-sgd, schedulefree-adamw)")
+    parser.add_argument("--starts", type=_args.positive_int(MAX_STARTS), default=10,
+                        help=f"start points per function (default 10, at most {MAX_STARTS})")
+    parser.add_argument("--seed", type=_args.seed, default=0, help="seed of the random start points (default 0)")
+    parser.add_argument("--steps", type=_args.positive_int(MAX_STEPS), default=None,
                         help="step budget for every run (default per function: "
-                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ")")
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + f"; at most {MAX_STEPS})")
     parser.add_argument("--lrs", action="append", default=[], metavar="[OPT=]LR,LR,...",
                         help="learning-rate grid: 'sgd=0.1,0.01' for one optimizer, '0.1,0.01' for all "
-                        "that take lr (repeatable; default: a per-function grid, printed)")
-    parser.add_argument("--alpha0", type=float, default=None, help="QLABGrad's FindPLR start value (default: the optimizer's)")
-    parser.add_argument("--tol", type=float, default=1e-6, help="tolerance on f − f_ref (default 1e-6)")
+                        "that take lr (repeatable; default: a per-function grid, printed). QLABGrad takes none.")
+    parser.add_argument("--alpha0", type=_args.positive_float, default=None,
+                        help="QLABGrad's FindPLR start value (default: the optimizer's)")
+    parser.add_argument("--tol", type=_args.positive_float, default=1e-6, help="tolerance on f − f_ref (default 1e-6)")
     parser.add_argument("--target", choices=["auto", "nearest", "global", "local"], default="auto",
                         help="what 'reached' refers to (default auto: nearest known minimum; local minimum on Eggholder)")
     parser.add_argument("--project", action="store_true", help="project every iterate onto the domain box (projected gradient)")
@@ -140,9 +161,15 @@ def parse_lrs(specs, optimizers):
         if name:
             if name.lower() not in optimizers:
                 raise ValueError(f"--lrs: '{name}' is not one of the optimizers being run ({', '.join(optimizers)})")
+            if not _takes_lr(name.lower()):
+                hint = " (it sets its own; --alpha0 is FindPLR's start value)" if name.lower() == "qlabgrad" else ""
+                raise ValueError(f"--lrs: {name} takes no learning rate{hint}, so '{spec}' would be ignored")
             out[name.lower()] = lrs
         else:
-            for opt in optimizers:
+            takers = [opt for opt in optimizers if _takes_lr(opt)]
+            if not takers:
+                raise ValueError(f"--lrs '{spec}': none of the optimizers being run takes a learning rate")
+            for opt in takers:
                 out.setdefault(opt, lrs)
     return out
 
@@ -150,11 +177,32 @@ def parse_lrs(specs, optimizers):
 def _takes_lr(name):
     from ..optim import registry
 
-    cls = registry.OPTIMIZERS[name]
+    cls = registry.OPTIMIZERS.get(name)
+    if cls is None:
+        return False
     try:
         return "lr" in inspect.signature(cls).parameters
     except (TypeError, ValueError):
         return False
+
+
+def expand_optimizers(names):
+    """Lower-case the names and replace a group name (``beyond-paper``) by its members, keeping order
+    and dropping repeats."""
+    from .. import optim
+
+    out = []
+    for name in names:
+        key = name.lower()
+        members = getattr(optim, OPTIMIZER_GROUPS[key]) if key in OPTIMIZER_GROUPS else (key,)
+        out.extend(m for m in members if m not in out)
+    return out
+
+
+def _learning_rate_free(name):
+    from ..optim import registry
+
+    return bool(getattr(registry.OPTIMIZERS[name], "learning_rate_free", False))
 
 
 def _settings_for(fn_name, opt, lrs_override, alpha0):
@@ -163,12 +211,12 @@ def _settings_for(fn_name, opt, lrs_override, alpha0):
         if alpha0 is not None:
             kw["alpha0"] = alpha0
         return [kw]
-    if not _takes_lr(opt):
-        return [{}]
     grid = lrs_override.get(opt)
+    if not _takes_lr(opt) or (grid is None and _learning_rate_free(opt)):
+        return [{}]  # no learning rate, or one the method sets itself: the authors' defaults
     if grid is None:
         grids = DEFAULT_LRS.get(fn_name, DEFAULT_LRS["booth"])
-        grid = grids.get(opt, grids["sgd"] if opt != "adam" else grids["adam"])
+        grid = grids.get(opt, grids[LR_GRID_OF.get(opt, "adam" if opt == "adam" else "sgd")])
     return [{"lr": float(lr)} for lr in grid]
 
 
@@ -181,15 +229,23 @@ def check_optimizers(optimizers):
         raise ValueError(f"unknown optimizer(s) {', '.join(missing)}; qr.optim has: {', '.join(known) or '(none registered)'}")
 
 
-def compare(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, n_starts=10, seed=0, steps=None,
-            lrs=None, alpha0=None, tol=1e-6, target="auto", project=False, progress=True) -> Comparison:
-    """Run every optimizer from every start on every function over its settings grid."""
+def plan_runs(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, n_starts=10, seed=0, steps=None, lrs=None,
+              alpha0=None, target="auto"):
+    """Check every argument and return the plan: ``(functions, optimizers, lrs, [(fn, opt, starts, budget,
+    target, settings)], total runs, total step budget)``. Raises ``ValueError`` naming a bad argument
+    before any run starts."""
     from .. import functions as F
-    from ..trajectory import sample_starts, sweep
+    from ..trajectory import sample_starts
 
     fns = [F.get(f) for f in functions]
     optimizers = [o.lower() for o in optimizers]
+    for kind, names in (("test function", [fn.name for fn in fns]), ("optimizer", optimizers)):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{kind} {twice[0]} is given more than once")
     check_optimizers(optimizers)
+    if alpha0 is not None and "qlabgrad" not in optimizers:
+        raise ValueError("alpha0 is QLABGrad's FindPLR start value, and qlabgrad is not being run")
     lrs = parse_lrs(lrs or [], optimizers) if not isinstance(lrs, dict) else lrs
     plan = []
     for fn in fns:
@@ -199,23 +255,12 @@ def compare(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, n_starts
         for opt in optimizers:
             plan.append((fn, opt, starts, budget, tgt, _settings_for(fn.name, opt, lrs, alpha0)))
     total = sum(len(p[2]) * len(p[5]) for p in plan)
-    bar = Progress(total) if progress else None
-    t0 = time.perf_counter()
-    sweeps = {fn.name: {} for fn in fns}
-    for fn, opt, starts, budget, tgt, settings in plan:
-        what = f"{fn.name} / {opt}"
+    budget = sum(len(p[2]) * len(p[5]) * p[3] for p in plan)
+    return fns, optimizers, lrs, plan, total, budget
 
-        def cb(done, _total, what=what):
-            if bar:
-                bar.update(1, what)
 
-        sweeps[fn.name][opt] = sweep(fn, opt, starts, budget, settings, progress=cb, tol=tol, target=tgt,
-                                     project=project, stop_at_hit=(tgt != "local"), gtol=GTOL)
-        if bar:
-            bar.block_done(what)
-    if bar:
-        bar.close()
-    protocol = {
+def _protocol(fns, optimizers, sweeps, n_starts, seed, tol, target, project):
+    return {
         "functions": [fn.name for fn in fns],
         "optimizers": optimizers,
         "n_starts": n_starts,
@@ -228,6 +273,43 @@ def compare(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, n_starts
         "project": project,
         "gtol": GTOL,
     }
+
+
+def compare(functions=DEFAULT_FUNCTIONS, optimizers=DEFAULT_OPTIMIZERS, n_starts=10, seed=0, steps=None,
+            lrs=None, alpha0=None, tol=1e-6, target="auto", project=False, progress=True,
+            on_function=None) -> Comparison:
+    """Run every optimizer from every start on every function over its settings grid.
+
+    ``on_function(partial)``, if given, is called with the :class:`Comparison` of the functions done so
+    far each time a function's sweeps are complete (so callers can write results as they come)."""
+    from ..trajectory import sweep
+
+    fns, optimizers, lrs, plan, total, _ = plan_runs(functions, optimizers, n_starts, seed, steps, lrs, alpha0,
+                                                      target)
+    bar = Progress(total) if progress else None
+    t0 = time.perf_counter()
+    sweeps = {fn.name: {} for fn in fns}
+    done = []
+    for fn, opt, starts, budget, tgt, settings in plan:
+        what = f"{fn.name} / {opt}"
+
+        def cb(done_runs, _total, what=what):
+            if bar:
+                bar.update(1, what)
+
+        sweeps[fn.name][opt] = sweep(fn, opt, starts, budget, settings, progress=cb, tol=tol, target=tgt,
+                                     project=project, stop_at_hit=(tgt != "local"), gtol=GTOL)
+        if bar:
+            bar.block_done(what)
+        if len(sweeps[fn.name]) == len(optimizers):
+            done.append(fn)
+            if on_function is not None:
+                part = {f.name: sweeps[f.name] for f in done}
+                on_function(Comparison(part, _protocol(done, optimizers, part, n_starts, seed, tol, target, project),
+                                       time.perf_counter() - t0))
+    if bar:
+        bar.close()
+    protocol = _protocol(fns, optimizers, sweeps, n_starts, seed, tol, target, project)
     return Comparison(sweeps, protocol, time.perf_counter() - t0)
 
 
@@ -287,14 +369,22 @@ def markdown_table(rows, with_paper=True):
     if with_paper:
         head.append("paper")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    from ..optim import is_beyond_paper
+
+    beyond = any(is_beyond_paper(r["optimizer"]) for r in rows)
     for r in rows:
-        cells = [r["function"], r["optimizer"], r["setting"], r["reached"], r["count"],
+        name = r["optimizer"] + (" ‡" if is_beyond_paper(r["optimizer"]) else "")
+        cells = [r["function"], name, r["setting"], r["reached"], r["count"],
                  "—" if r["default_start"] is None else str(r["default_start"]),
                  str(r["left_domain"]) + (f" ({r['nonfinite']} non-finite)" if r["nonfinite"] else ""),
                  f"{r['final_f']:.6g}" if r["final_f"] is not None else "—"]
         if with_paper:
             cells.append("—" if r["paper"] is None else str(r["paper"]))
         lines.append("| " + " | ".join(cells) + " |")
+    if beyond:
+        lines.append("")
+        lines.append("‡ beyond the paper: a learning-rate-free method published after it (not in its comparison), "
+                     "run with its authors' defaults (Schedule-Free: the best lr of the grid)")
     return "\n".join(lines)
 
 
@@ -321,45 +411,70 @@ def protocol_text(comp):
 
 
 # --------------------------------------------------------------------------------- outputs
-def write_outputs(comp, out, animate=False, title_suffix=""):
-    """Figures (per function, a 3-panel overview, loss/lr curves), the Markdown table and a JSON
-    record. Returns the list of paths written."""
+def write_function_outputs(fname, by_opt, out, animate=False, title_suffix=""):
+    """The figures of one function (contours with the Figure-2 start's runs, curves, all runs of the
+    sweep, optionally a GIF). Returns the paths written."""
+    from .. import functions as F
     from .. import plots
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    first_runs = {}
-    for fname, by_opt in comp.sweeps.items():
-        runs = [sw.best_runs()[0] for sw in by_opt.values() if sw.best_runs()]
-        first_runs[fname] = runs
-        from .. import functions as F
+    runs = [sw.best_runs()[0] for sw in by_opt.values() if sw.best_runs()]
+    fn = F.get(fname)
+    fig = plots.contour_figure(fn, runs, title=f"{fname.capitalize()}: {fn.formula}\n"
+                               f"start {tuple(float(v) for v in runs[0].start)}, best setting of each optimizer{title_suffix}")
+    written.append(plots.save(fig, out / f"{fname}.png"))
+    written.append(plots.save(plots.curves_figure(runs, title=f"{fname}: gap to the optimum and learning rate (Figure-2 start)"),
+                              out / f"{fname}_curves.png"))
+    all_runs = [r for sw in by_opt.values() for r in sw.best_runs()]
+    fig = plots.contour_figure(fn, [], title=f"{fname.capitalize()}: all {len(all_runs)} runs of the sweep (best settings)")
+    _sweep_lines(fig.axes[0], by_opt)
+    written.append(plots.save(fig, out / f"{fname}_sweep.png"))
+    if animate:
+        written.append(plots.animate_trajectories(fn, runs, out / f"{fname}.gif"))
+    return written
 
-        fn = F.get(fname)
-        fig = plots.contour_figure(fn, runs, title=f"{fname.capitalize()}: {fn.formula}\n"
-                                   f"start {tuple(float(v) for v in runs[0].start)}, best setting of each optimizer{title_suffix}")
-        written.append(plots.save(fig, out / f"{fname}.png"))
-        written.append(plots.save(plots.curves_figure(runs, title=f"{fname}: gap to the optimum and learning rate (Figure-2 start)"),
-                                  out / f"{fname}_curves.png"))
-        all_runs = [r for sw in by_opt.values() for r in sw.best_runs()]
-        fig = plots.contour_figure(fn, [], title=f"{fname.capitalize()}: all {len(all_runs)} runs of the sweep (best settings)")
-        _sweep_lines(fig.axes[0], by_opt)
-        written.append(plots.save(fig, out / f"{fname}_sweep.png"))
-        if animate:
-            written.append(plots.animate_trajectories(fn, runs, out / f"{fname}.gif"))
+
+def write_summary(comp, out, partial=False):
+    """The overview figure, ``table.md`` and ``results.json`` for the functions in ``comp`` (written
+    again, complete, at the end; ``partial`` marks an intermediate version)."""
+    from .. import plots
+
+    out = Path(out)
+    written = []
+    first_runs = {fname: [sw.best_runs()[0] for sw in by_opt.values() if sw.best_runs()]
+                  for fname, by_opt in comp.sweeps.items()}
     written.append(plots.save(plots.trajectory_grid(first_runs), out / "trajectories.png"))
     rows = summary_rows(comp)
-    md = ["# Iterations to reach the optimum: qlabref vs the paper's Figure 2", "",
+    note = ["", f"(partial: {', '.join(comp.sweeps)} done so far; the run is still going)"] if partial else []
+    md = ["# Iterations to reach the optimum: qlabref vs the paper's Figure 2", *note, "",
           markdown_table(rows), "", protocol_text(comp), "",
           "## Every setting tried", "", markdown_table(summary_rows(comp, all_settings=True), with_paper=False), ""]
     table_path = out / "table.md"
-    table_path.write_text("\n".join(md), encoding="utf-8")
+    _write_atomic(table_path, "\n".join(md))
     written.append(str(table_path))
-    record = {"protocol": comp.protocol, "rows": summary_rows(comp, all_settings=True), "seconds": comp.seconds}
+    record = {"protocol": comp.protocol, "rows": summary_rows(comp, all_settings=True), "seconds": comp.seconds,
+              "partial": partial}
     json_path = out / "results.json"
-    json_path.write_text(json.dumps(record, indent=1, default=_json_default), encoding="utf-8")
+    _write_atomic(json_path, json.dumps(record, indent=1, default=_json_default))
     written.append(str(json_path))
     return written
+
+
+def _write_atomic(path, text):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_outputs(comp, out, animate=False, title_suffix=""):
+    """Figures (per function, a 3-panel overview, loss/lr curves), the Markdown table and a JSON
+    record. Returns the list of paths written."""
+    written = []
+    for fname, by_opt in comp.sweeps.items():
+        written += write_function_outputs(fname, by_opt, out, animate, title_suffix)
+    return written + write_summary(comp, out)
 
 
 def _sweep_lines(ax, by_opt):
@@ -373,7 +488,8 @@ def _sweep_lines(ax, by_opt):
         left = sum(r.left_domain is not None for r in runs)
         for j, r in enumerate(runs):
             cut = len(r.path) if r.left_domain is None else r.left_domain + 1
-            ax.plot(r.path[:cut, 0], r.path[:cut, 1], "-", color=color, lw=1.0, alpha=0.8,
+            ax.plot(r.path[:cut, 0], r.path[:cut, 1], plots._ls(opt), color=color, lw=1.0, alpha=0.8,
+                    zorder=5 + plots._zorder(r),
                     label=f"{opt} {setting} ({sw.stats()['reached']}/{len(runs)} reached, {left} left the domain)" if j == 0 else None)
         ax.scatter(sw.starts[:, 0], sw.starts[:, 1], s=25, c="#1f3bff", edgecolors="white", zorder=8,
                    label="start points" if i == 0 else None)
@@ -391,17 +507,61 @@ def _json_default(o):
 
 
 def run(args) -> int:
-    optimizers = list(DEFAULT_OPTIMIZERS) + [o.lower() for o in args.optimizers if o.lower() not in DEFAULT_OPTIMIZERS]
+    from ..errors import UsageError
+    from . import _args
+
+    extra = [o.lower() for o in args.optimizers]
+    twice = sorted({o for o in extra if extra.count(o) > 1})
+    if twice:
+        raise UsageError(f"optimizer {twice[0]} is given more than once in --optimizers")
+    already = sorted(set(extra) & set(DEFAULT_OPTIMIZERS))
+    if already:
+        _args.warn("trajectories", f"--optimizers {' '.join(already)}: always run (the defaults are "
+                   f"{', '.join(DEFAULT_OPTIMIZERS)}); --optimizers adds others")
+    optimizers = expand_optimizers(list(DEFAULT_OPTIMIZERS) + extra)
+    return run_and_report("trajectories", args.functions, optimizers, args.out, n_starts=args.starts, seed=args.seed,
+                          steps=args.steps, lrs=args.lrs, alpha0=args.alpha0, tol=args.tol, target=args.target,
+                          project=args.project, animate=args.animate)
+
+
+def run_and_report(command, functions, optimizers, out, animate=False, **kw):
+    """Check everything, prepare ``out``, run the comparison writing each function's figures and the
+    (partial) table as soon as that function is done, then print the table and the list of files."""
+    from ..errors import UsageError
+    from . import _args
+
     try:
-        comp = compare(args.functions, optimizers, n_starts=args.starts, seed=args.seed, steps=args.steps,
-                       lrs=args.lrs, alpha0=args.alpha0, tol=args.tol, target=args.target, project=args.project)
+        fns, opts, _, plan, total, budget = plan_runs(functions, optimizers, kw.get("n_starts", 10), kw.get("seed", 0),
+                                                      kw.get("steps"), kw.get("lrs"), kw.get("alpha0"),
+                                                      kw.get("target", "auto"))
     except ValueError as e:
-        print(f"qlabref trajectories: {e}", file=sys.stderr)
-        return 2
-    return report(comp, args.out, animate=args.animate)
+        raise UsageError(str(e)) from None
+    out = _args.ensure_writable_dir(out)
+    print(f"qlabref {command}: {total} runs ({', '.join(f.name for f in fns)} × {', '.join(opts)}, every start and "
+          f"setting), at most {budget:,} steps in total; writing to {out}", flush=True)
+    written = []
+
+    def on_function(partial):
+        fname = list(partial.sweeps)[-1]
+        written.extend(write_function_outputs(fname, partial.sweeps[fname], out, animate=animate))
+        if len(partial.sweeps) < len(fns):
+            write_summary(partial, out, partial=True)
+
+    comp = compare(functions, optimizers, on_function=on_function, **kw)
+    written += write_summary(comp, out)
+    rows = summary_rows(comp)
+    print(markdown_table(rows))
+    print()
+    print(protocol_text(comp))
+    print()
+    print(f"{total} runs in {comp.seconds:.1f} s. Wrote:")
+    for w in written:
+        print(f"  {w}")
+    return 0
 
 
 def report(comp, out, animate=False):
+    """Print the table of a finished comparison and write every output (library use)."""
     rows = summary_rows(comp)
     print(markdown_table(rows))
     print()

@@ -21,7 +21,9 @@ DESCRIPTION = (
 
 
 def add_arguments(parser):
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random problems (default 0)")
+    from . import _args
+
+    parser.add_argument("--seed", type=_args.seed, default=0, help="seed of the random problems (default 0)")
 
 
 def run(args) -> int:

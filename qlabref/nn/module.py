@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -251,6 +252,9 @@ class Module:
         Nothing is copied unless every check passes. Values are cast to the dtype of the model's array
         (as PyTorch's ``copy_``). Returns ``(missing_keys, unexpected_keys)``.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict into {type(self).__name__}: expected a mapping of names to arrays "
+                            f"(a state_dict), got {'None' if state_dict is None else type(state_dict).__name__}")
         targets = self._state_targets()
         keys = list(state_dict.keys())
         missing = [k for k in targets if k not in state_dict]

@@ -30,15 +30,31 @@ def _norm_axis(axis, ndim, name):
     """Normalise ``axis`` (None, int or tuple) to a sorted tuple of non-negative ints."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    if isinstance(axis, numbers.Integral) and not isinstance(axis, bool):
+        axes = (axis,)
+    elif isinstance(axis, (tuple, list)):
+        axes = tuple(axis)
+    else:
+        raise TypeError(f"{name}: axis must be None, an integer or a tuple of integers, got {axis!r}")
     out = []
     for ax in axes:
+        if isinstance(ax, bool) or not isinstance(ax, numbers.Integral):
+            raise TypeError(f"{name}: axis must be None, an integer or a tuple of integers, got {axis!r}")
         if not -ndim <= ax < max(ndim, 1):
             raise ValueError(f"{name}: axis {ax} is out of range for an array of {ndim} dimensions")
         out.append(int(ax) % max(ndim, 1))
     if len(set(out)) != len(out):
         raise ValueError(f"{name}: repeated axis in {axis}")
     return tuple(sorted(out))
+
+
+def _one_axis(axis, ndim, name):
+    """Check one integer axis of an array with ``ndim`` dimensions; return it as a non-negative int."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{name}: axis must be an integer, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{name}: axis {axis} is out of range for an array of {ndim} dimensions")
+    return int(axis) % ndim
 
 
 def _expand_reduced(g, shape, axes, keepdims):
@@ -326,7 +342,25 @@ class Sigmoid(Function):
 
 @register("cast")
 class Cast(Function):
-    """Change dtype (float32 <-> float64); the gradient is cast back."""
+    """Change dtype (float32 <-> float64); the gradient is cast back.
+
+    A cast to a non-float dtype has no gradient: refused for a tensor that requires grad (outside
+    ``no_grad()``), where it would silently hand back a wrong, non-zero gradient."""
+
+    @classmethod
+    def apply(cls, a, dtype):
+        from ..autograd import is_grad_enabled
+
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"astype: {dtype!r} is not a dtype") from None
+        if dt.kind not in "biuf":
+            raise TypeError(f"astype: tensors hold numbers (bool, int, float), not {dt}")
+        if getattr(a, "requires_grad", False) and is_grad_enabled() and dt not in (np.float32, np.float64):
+            raise TypeError(f"astype: cannot cast a tensor that requires grad to {dt}: there is no gradient through "
+                            "a cast to a non-float dtype (use .detach().astype(...) for the values)")
+        return super().apply(a, dtype=dt)
 
     @staticmethod
     def forward(ctx, a, dtype):
@@ -395,6 +429,13 @@ class Reshape(Function):
     @staticmethod
     def forward(ctx, a, shape):
         ctx.shape = a.shape
+        if isinstance(shape, numbers.Integral):
+            shape = (shape,)
+        if not isinstance(shape, (tuple, list)) or any(
+                isinstance(n, bool) or not isinstance(n, numbers.Integral) for n in shape):
+            raise TypeError(f"reshape: the shape must be integers, got {shape!r}")
+        if any(n < -1 for n in shape) or sum(n == -1 for n in shape) > 1:
+            raise ValueError(f"reshape: invalid shape {tuple(shape)} (sizes >= 0, at most one -1)")
         try:
             return a.reshape(shape)
         except ValueError:
@@ -411,7 +452,16 @@ class Transpose(Function):
 
     @staticmethod
     def forward(ctx, a, axes=None):
-        axes = tuple(range(a.ndim))[::-1] if axes is None else tuple(int(x) % max(a.ndim, 1) for x in axes)
+        if axes is None:
+            axes = tuple(range(a.ndim))[::-1]
+        else:
+            axes = tuple(axes)
+            for x in axes:
+                if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+                    raise TypeError(f"transpose: axes must be integers, got {axes!r}")
+                if not -a.ndim <= x < max(a.ndim, 1):
+                    raise ValueError(f"transpose: axis {x} is out of range for an array of {a.ndim} dimensions")
+            axes = tuple(int(x) % max(a.ndim, 1) for x in axes)
         if sorted(axes) != list(range(a.ndim)):
             raise ValueError(f"transpose: axes {axes} are not a permutation of the {a.ndim} axes of shape {a.shape}")
         ctx.inverse = tuple(np.argsort(axes))
@@ -459,6 +509,9 @@ class Concatenate(Function):
     def forward(ctx, *arrays, axis=0):
         if not arrays:
             raise ValueError("concatenate: need at least one tensor")
+        if arrays[0].ndim == 0:
+            raise ValueError("concatenate: zero-dimensional tensors cannot be concatenated (use stack)")
+        axis = _one_axis(axis, arrays[0].ndim, "concatenate")
         try:
             out = np.concatenate(arrays, axis=axis)
         except ValueError as e:
@@ -482,8 +535,9 @@ class Stack(Function):
         if len({a.shape for a in arrays}) != 1:
             shapes = ", ".join(str(a.shape) for a in arrays)
             raise ValueError(f"stack: all tensors must have the same shape, got {shapes}")
+        axis = _one_axis(axis, arrays[0].ndim + 1, "stack")
         out = np.stack(arrays, axis=axis)
-        ctx.axis = axis % out.ndim
+        ctx.axis = axis
         ctx.n = len(arrays)
         return out
 
@@ -504,6 +558,7 @@ class LogSoftmax(Function):
     def forward(ctx, a, axis=-1):
         if a.ndim == 0:
             raise ValueError("log_softmax: needs at least a 1-D tensor, got a scalar")
+        axis = _one_axis(axis, a.ndim, "log_softmax")
         ctx.axis = axis
         out = _log_softmax(a, axis)
         ctx.save(out)

@@ -20,8 +20,9 @@ Where we deliberately differ from the QLABGrad paper's Table 1 (OPTIMIZERS.md §
 Closure contract (``shared/API.md``): ``step(closure)`` zeroes the gradients, evaluates the
 forward-only closure with graph building on and runs ``backward`` (1 closure call); ``step()``
 without a closure uses the ``.grad`` the user produced. Parameters without a gradient are skipped,
-as in torch. A NaN/inf loss does not raise: like torch, the step proceeds with whatever gradient
-came out.
+as in torch. Deliberate difference from torch (the rule of ``qlabref.optim.optimizer``): a NaN/inf
+loss or gradient raises ``NonFiniteLossError`` before anything changes, where torch would write NaN
+into the parameters and the moments.
 
 ``last_step`` (after every step): ``loss`` (float, or None without a closure), ``lr``, ``base_lr``,
 ``lrs`` (per group), ``grad_norm`` ‖g‖₂ of the gradient the rule consumed (after weight decay, over
@@ -59,6 +60,8 @@ class _TorchLike(Optimizer):
 
     #: whether ``last_step["lr"]`` is the group lr (SGD) or the effective ‖Δθ‖/‖g‖ (adaptive methods)
     _effective_lr = True
+    #: atomic steps: one closure call, before any parameter or state array changes
+    _step_snapshot = "light"
 
     def step(self, closure=None):
         """One step. With ``closure`` (forward only): zero grads, evaluate, backward (1 call), update;
@@ -66,8 +69,10 @@ class _TorchLike(Optimizer):
         loss = None
         evals = 0
         if closure is not None:
-            loss = self.evaluate(closure, check_finite=False)
+            loss = self.evaluate(closure)  # NaN/inf loss or gradient → NonFiniteLossError, nothing changed
             evals = 1
+        else:
+            self.check_grads()  # the user's .grad: NaN/inf → NonFiniteLossError, nothing changed
         g_sq = 0.0
         d_sq = 0.0
         base_lrs = []

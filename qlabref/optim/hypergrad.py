@@ -36,13 +36,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as Fn
-from .optimizer import Optimizer, check_beta, check_lr
+from .optimizer import Optimizer, check_beta, check_lr, check_number
 from .registry import register_optimizer
 
 __all__ = ["HGD"]
 
 
 def _check_nonneg(name, value, owner):
+    check_number(name, value, owner)
     if value is None or not np.isfinite(value) or value < 0:
         raise ValueError(f"{owner}: invalid {name} {value!r} (must be a finite number >= 0)")
 
@@ -58,8 +59,12 @@ class HGD(Optimizer):
     code), so it is saved by ``state_dict``. SGD-HD supports one parameter group only (as SGDHD).
 
     ``step(closure)``: 1 closure call (zero grads, forward, backward), then the update; ``step()``
-    uses the existing ``.grad``. A NaN loss does not raise (the original code proceeds).
+    uses the existing ``.grad``. A NaN/inf loss or gradient raises ``NonFiniteLossError`` before anything
+    changes (the original code proceeds and writes NaN into θ and η).
     """
+
+    #: atomic steps: one closure call, before any parameter or state array changes
+    _step_snapshot = "light"
 
     def __init__(self, params, lr=1e-3, hypergrad_lr=None, direction="sgd", momentum=0, dampening=0,
                  weight_decay=0, nesterov=False, betas=(0.9, 0.999), eps=1e-8):
@@ -92,8 +97,10 @@ class HGD(Optimizer):
         loss = None
         evals = 0
         if closure is not None:
-            loss = self.evaluate(closure, check_finite=False)
+            loss = self.evaluate(closure)  # NaN/inf loss or gradient → NonFiniteLossError, nothing changed
             evals = 1
+        else:
+            self.check_grads()
         if self.defaults["direction"] == "sgd":
             h = self._step_sgd()
         else:

@@ -24,11 +24,23 @@ QLABGrad paper's Table 1 row for LQA. The two differ, so both are offered:
 Safeguards (both modes): η = |η*| (the original's ``abs``, which also turns a concave fit's negative
 η* into a positive step — Table 1 shows no safeguard, so this is a deliberate difference from it);
 the cap ``max_lr`` (default 0.5 for "normalized" as in the original; none for "gradient", where 0.5
-in ∞-normalised units has no meaning); ε = 1e-24 added to the denominator as in the original. If η*
-is not finite (a probe loss is NaN/inf, or all gradients are 0 so d is undefined) we use
-``fallback_lr`` = 0.01 (the original's value for "any exception") and record ``fallback=True``;
-the original code would write NaN into the learning rate in that case (``min(abs(nan), 0.5)`` is
-NaN in Python, no exception is raised).
+in ∞-normalised units has no meaning); ε = 1e-24 added to the denominator as in the original.
+
+A NaN/inf probe loss raises ``NonFiniteProbeError`` (a ``NonFiniteLossError``) with θ and the state
+unchanged: LQA has no search for a finite probe, and the parabola cannot be fitted without both (the
+rule of ``qlabref.optim.optimizer``). Deliberate difference from the original, which steps on (see
+below) or writes NaN into the learning rate (``min(abs(nan), 0.5)`` is NaN in Python, no exception
+is raised).
+
+When η* is not finite although both probes are (all gradients are 0 so d is undefined, or the fit's
+denominator is 0), the step uses ``fallback_lr`` and records ``fallback=True``:
+
+- a number (default 0.01): that learning rate. This is OUR safeguard, not the original's behaviour.
+  The original code's ``except`` branch sets its return value to 0.01 but never writes it into the
+  optimizer, so its step keeps the optimizer's previous learning rate.
+- ``"previous"``: keep the learning rate of the previous step, as the original's exception path does.
+  At the first step there is none; we then use ``lr`` (0.1, the paper's initial learning rate for
+  every method), where the original would use the wrapped optimizer's initial lr.
 
 Probes: both run inside ``Optimizer.probe``: no graph, no ``.grad`` change and no module-state
 update. Difference from the original on purpose: the original probes a deepcopy in ``eval()`` mode
@@ -39,7 +51,7 @@ parameters are restored from a saved copy, not by subtracting the probe step.
 
 Cost: 3 closure calls per step (1 forward + backward, 2 probe forwards); ``last_step["evals"] == 3``
 (1 when all gradients are zero in "normalized" mode: no probe is made). The closure is required.
-A NaN/inf loss at θ raises ``NonFiniteLossError`` before anything changes.
+A NaN/inf loss or gradient at θ raises ``NonFiniteLossError`` before anything changes.
 
 ``last_step``: ``loss`` (L₀), ``lr`` (η applied to the gradient: the learning rate the paper plots),
 ``eta_star`` (the raw parabola minimiser), ``delta`` (probe distance δ), ``loss_plus``, ``loss_minus``,
@@ -52,7 +64,7 @@ import math
 import numpy as np
 
 from . import functional as Fn
-from .optimizer import Optimizer, check_lr
+from .optimizer import Optimizer, check_lr, check_number
 from .registry import register_optimizer
 
 __all__ = ["LQA"]
@@ -63,12 +75,17 @@ class LQA(Optimizer):
     """Learning rate by local quadratic approximation along the gradient (see the module docstring).
 
     ``LQA(params, lr=0.1, direction="gradient" | "normalized", delta=1.0, delta_decay=0.02,
-    delta_min_factor=0.1, max_lr=None, fallback_lr=0.01, eps=1e-24)``.
+    delta_min_factor=0.1, max_lr=None, fallback_lr=0.01 | "previous", eps=1e-24)``.
     ``lr`` is the probe distance α of the "gradient" mode (not the step size); ``delta`` and the epoch
     schedule are the "normalized" mode's probe distance. ``max_lr=None`` means 0.5 for "normalized"
     and no cap for "gradient". One parameter group only. ``set_epoch(e)`` sets the epoch used by the
     normalized mode's δ schedule (the original's ``epoch`` argument).
     """
+
+    #: atomic steps: θ is restored after the probes, everything else changes after them
+    _step_snapshot = "light"
+    #: constructor values of another type than the default's that are valid
+    _also_accepts = {"fallback_lr": ("previous",)}
 
     def __init__(self, params, lr=0.1, direction="gradient", delta=1.0, delta_decay=0.02, delta_min_factor=0.1,
                  max_lr=None, fallback_lr=0.01, eps=1e-24):
@@ -83,10 +100,14 @@ class LQA(Optimizer):
             raise ValueError("LQA: invalid delta 0 (the probe distance must be > 0)")
         check_lr("delta_decay", delta_decay, owner)
         check_lr("delta_min_factor", delta_min_factor, owner)
-        check_lr("fallback_lr", fallback_lr, owner)
+        if fallback_lr != "previous":
+            if isinstance(fallback_lr, str):
+                raise ValueError(f"LQA: invalid fallback_lr {fallback_lr!r} (a number >= 0, or 'previous')")
+            check_lr("fallback_lr", fallback_lr, owner)
         check_lr("eps", eps, owner)
         if max_lr is None:
             max_lr = 0.5 if direction == "normalized" else math.inf
+        check_number("max_lr", max_lr, owner)
         if max_lr is None or math.isnan(max_lr) or max_lr <= 0:
             raise ValueError(f"LQA: invalid max_lr {max_lr!r} (must be > 0; math.inf for no cap)")
         super().__init__(params, dict(lr=lr, direction=direction, delta=delta, delta_decay=delta_decay,
@@ -142,7 +163,12 @@ class LQA(Optimizer):
         else:
             eta_star = math.nan
         fallback = not math.isfinite(eta_star)
-        eta = group["fallback_lr"] if fallback else min(abs(eta_star), group["max_lr"])
+        if not fallback:
+            eta = min(abs(eta_star), group["max_lr"])
+        elif group["fallback_lr"] == "previous":  # the original: the optimizer's lr is left as it was
+            eta = self.global_state.get("lr", group["lr"])
+        else:
+            eta = group["fallback_lr"]
         for p, g in zip(params, grads):
             p.data[...] = p.data - eta * g
         self.global_state["lr"] = eta

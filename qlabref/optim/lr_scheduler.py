@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import math
 
-from .optimizer import Optimizer
+from .optimizer import Optimizer, check_number
 
 __all__ = ["LRScheduler", "ExponentialLR", "StepLR", "CosineAnnealingLR", "InverseTimeLR"]
 
@@ -99,11 +99,28 @@ class LRScheduler:
         return list(self._last_lr)
 
     def state_dict(self):
-        """Everything but the optimizer (as torch)."""
-        return {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k != "optimizer"}
+        """Everything but the optimizer (as torch), plus ``"scheduler"``: the class name."""
+        sd = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k != "optimizer"}
+        sd["scheduler"] = type(self).__name__
+        return sd
 
     def load_state_dict(self, state_dict):
-        self.__dict__.update(copy.deepcopy(state_dict))
+        """Restore a ``state_dict()`` of the same scheduler class; refuses another class's state or other
+        keys, naming the first difference, and then loads nothing."""
+        owner = type(self).__name__
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{owner}.load_state_dict: expected the dict that state_dict() returns, got "
+                            f"{'None' if state_dict is None else type(state_dict).__name__}")
+        saved = state_dict.get("scheduler")
+        if saved != owner:
+            what = "has no 'scheduler' entry naming its class" if saved is None else f"was saved by {saved}"
+            raise ValueError(f"{owner}.load_state_dict: the state {what}, not {owner}")
+        have, mine = set(state_dict) - {"scheduler"}, set(self.__dict__) - {"optimizer"}
+        if have != mine:
+            missing, extra = sorted(mine - have), sorted(have - mine)
+            what = f"lacks '{missing[0]}'" if missing else f"has unknown entry '{extra[0]}'"
+            raise ValueError(f"{owner}.load_state_dict: the state {what}")
+        self.__dict__.update(copy.deepcopy({k: v for k, v in state_dict.items() if k != "scheduler"}))
 
     def _current(self):
         return [group["lr"] for group in self.optimizer.param_groups]
@@ -115,6 +132,7 @@ class LRScheduler:
 
 
 def _check_factor(name, value, owner):
+    check_number(name, value, owner)
     if value is None or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{owner}: invalid {name} {value!r} (must be a finite number > 0)")
 
@@ -171,6 +189,7 @@ class CosineAnnealingLR(LRScheduler):
     def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
         if not (isinstance(T_max, (int, float)) and not isinstance(T_max, bool) and T_max > 0):
             raise ValueError(f"CosineAnnealingLR: invalid T_max {T_max!r} (must be > 0)")
+        check_number("eta_min", eta_min, "CosineAnnealingLR")
         if eta_min is None or not math.isfinite(eta_min) or eta_min < 0:
             raise ValueError(f"CosineAnnealingLR: invalid eta_min {eta_min!r} (must be a finite number >= 0)")
         self.T_max = T_max
@@ -193,6 +212,7 @@ class InverseTimeLR(LRScheduler):
     Computed as torch's ``LambdaLR(opt, lambda t: 1 / (1 + k * t))`` computes it: base_lr·f(t)."""
 
     def __init__(self, optimizer, k, last_epoch=-1):
+        check_number("k", k, "InverseTimeLR")
         if k is None or not math.isfinite(k) or k < 0:
             raise ValueError(f"InverseTimeLR: invalid k {k!r} (must be a finite number >= 0)")
         self.k = k

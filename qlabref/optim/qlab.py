@@ -113,7 +113,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .optimizer import NonFiniteLossError, Optimizer, check_beta
+from .optimizer import NonFiniteLossError, NonFiniteProbeError, Optimizer, check_beta
 from .registry import register_optimizer
 
 __all__ = [
@@ -125,6 +125,7 @@ __all__ = [
     "find_plr",
     "FindPLRResult",
     "FindPLRError",
+    "FindPLRNonFiniteError",
     "DEFAULT_ALPHA0",
     "QLAB_DEFAULT_ALPHA0",
     "DEFAULT_MAX_EVALS",
@@ -153,6 +154,14 @@ class FindPLRError(RuntimeError):
         self.last_alpha = last_alpha
         self.last_value = last_value
         self.evals = evals
+
+
+class FindPLRNonFiniteError(FindPLRError, NonFiniteProbeError):
+    """Every probe FindPLR made was NaN/±inf: no finite probe could be found (the rule of
+    ``qlabref.optim.optimizer``: a ``NonFiniteLossError``, and a ``FindPLRError`` naming the loop)."""
+
+    def __init__(self, message, loop, last_alpha, last_value=None, evals=0):
+        FindPLRError.__init__(self, message, loop, last_alpha, last_value, evals)
 
 
 @dataclass
@@ -233,6 +242,8 @@ def _working_arrays(params, grads):
 def _check_positive(name, value, owner, allow_none=False):
     if value is None and allow_none:
         return None
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ValueError(f"{owner}: {name} must be a positive number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -286,6 +297,13 @@ def _findplr_loops(g_at, g0, gsq, alpha0, max_evals, owner):
     history = []
     count = {"probes": 0, "nonfinite": 0}
 
+    def _error(message, *args):
+        if history and not math.isfinite(history[-1][2]):  # the search ended on a NaN/inf probe
+            return FindPLRNonFiniteError(f"{message}; no finite probe found ({count['nonfinite']} of "
+                                         f"{count['probes']} probes were NaN/inf, the last one too); parameters "
+                                         "and optimizer state unchanged", *args)
+        return FindPLRError(message, *args)
+
     def g(alpha, loop):
         if count["probes"] >= max_evals:
             last_alpha, last_value = history[-1][1], history[-1][2]
@@ -295,14 +313,14 @@ def _findplr_loops(g_at, g0, gsq, alpha0, max_evals, owner):
                 2: "loop 2 (lines 8-11: halve ᾱ while g(ᾱ) > g(0)) did not exit; the loss does not decrease along "
                    "-∇L even for tiny ᾱ (is the gradient that of the loss? is the closure deterministic?)",
             }[loop]
-            raise FindPLRError(
+            raise _error(
                 f"{owner}: FindPLR (Algorithm 2) {what}: gave up after max_evals={max_evals} loss evaluations; "
                 f"last ᾱ = {last_alpha!r}, g(ᾱ) = {last_value!r}, g(0) = {g0!r}",
                 loop, last_alpha, last_value, count["probes"],
             )
         if not (math.isfinite(alpha) and alpha > 0):
             last_alpha = history[-1][1]
-            raise FindPLRError(
+            raise _error(
                 f"{owner}: FindPLR (Algorithm 2) loop {loop}: ᾱ left the floating-point range "
                 f"({'doubled to inf' if loop == 1 else 'halved to 0'}); last ᾱ = {last_alpha!r}, g(0) = {g0!r}",
                 loop, last_alpha, history[-1][2], count["probes"],
@@ -373,7 +391,7 @@ def find_plr(closure, params, alpha0=DEFAULT_ALPHA0, max_evals=DEFAULT_MAX_EVALS
 
     def g_at(alpha):
         _place(targets, saved, alpha, grads)
-        return shell.probe(closure)
+        return shell.probe(closure, allow_nonfinite=True)  # non-finite = overshoot (+inf)
 
     try:
         result = _findplr_loops(g_at, g0, gsq, alpha0, max_evals, owner)
@@ -388,13 +406,16 @@ def find_plr(closure, params, alpha0=DEFAULT_ALPHA0, max_evals=DEFAULT_MAX_EVALS
 class QLABGrad(Optimizer):
     """QLABGrad (Algorithm 1 of the paper), with FindPLR (Algorithm 2) for the pre-learning rate.
 
-    ``QLABGrad(params, pre_lr=None, alpha0=1.0, findplr="once", max_evals=50, max_lr=None)``
+    ``QLABGrad(params, pre_lr=None, alpha0=1.0, findplr="once", max_evals=50, max_lr=None, max_lr_factor=None)``
 
     - ``pre_lr``: ᾱ. ``None`` → FindPLR from ``alpha0`` at the first step. Given → used as is
       (``findplr="every:K"`` re-runs FindPLR from it at steps K+1, 2K+1, ...).
     - ``findplr``: ``"once"`` | ``"every:K"`` | ``"never"`` (``"never"`` requires ``pre_lr``).
     - ``max_evals``: probe budget of one FindPLR run (also of the halving after a non-finite probe).
     - ``max_lr``: optional cap on α_t (the paper has none; default off).
+    - ``max_lr_factor``: optional cap α_t ≤ factor·ᾱ (default off). ``max_lr_factor=1`` enforces the
+      bound α* ≤ ᾱ that Lemma 2 claims but that does not follow from Eq. (14) (module docstring, item 7).
+      A remedy for minibatch training (``demos/results/``), **not** the paper's algorithm.
 
     ``step(closure)``: the closure is forward only and returns the minibatch loss Tensor. Closure
     calls per step: 2 (forward + backward, one probe forward); 1 + FindPLR's probes on a FindPLR step
@@ -404,8 +425,11 @@ class QLABGrad(Optimizer):
     ``last_lr``.
     """
 
+    #: atomic steps: θ is restored from the saved copy, global_state changes only after the probes
+    _step_snapshot = "light"
+
     def __init__(self, params, pre_lr=None, alpha0=DEFAULT_ALPHA0, findplr="once", max_evals=DEFAULT_MAX_EVALS,
-                 max_lr=None):
+                 max_lr=None, max_lr_factor=None):
         owner = "QLABGrad"
         pre_lr = _check_positive("pre_lr", pre_lr, owner, allow_none=True)
         alpha0 = _check_positive("alpha0", alpha0, owner)
@@ -414,8 +438,9 @@ class QLABGrad(Optimizer):
             raise ValueError("QLABGrad: findplr='never' needs a pre-learning rate: pass pre_lr (0 < ᾱ < 2/M)")
         max_evals = _check_max_evals(max_evals, owner)
         max_lr = _check_positive("max_lr", max_lr, owner, allow_none=True)
+        max_lr_factor = _check_positive("max_lr_factor", max_lr_factor, owner, allow_none=True)
         super().__init__(params, dict(pre_lr=pre_lr, alpha0=alpha0, findplr=findplr, max_evals=max_evals,
-                                      max_lr=max_lr))
+                                      max_lr=max_lr, max_lr_factor=max_lr_factor))
         _check_groups(self)
         self.global_state.update(step=0, pre_lr=pre_lr, findplr_due=pre_lr is None, findplr_runs=0, last_lr=None)
 
@@ -463,7 +488,7 @@ class QLABGrad(Optimizer):
 
         def g_at(alpha):  # Eq. (3): g(α) = L(θ_{t−1} − α∇L(θ_{t−1})), one probe forward
             _place(targets, saved, alpha, grads)
-            return self.probe(closure)
+            return self.probe(closure, allow_nonfinite=True)  # non-finite = overshoot (+inf)
 
         try:
             if gs["findplr_due"]:
@@ -504,6 +529,10 @@ class QLABGrad(Optimizer):
         if group["max_lr"] is not None and lr > group["max_lr"]:
             lr = group["max_lr"]
             record["capped"] = True
+        factor = group.get("max_lr_factor")
+        if factor is not None and lr > factor * pre:  # a remedy, not the paper's algorithm (docstring)
+            lr = factor * pre
+            record["capped"] = True
         _place(targets, saved, lr, grads)  # Algorithm 1, line 8: θ_t = θ_{t−1} − α_t∇L(θ_{t−1})
 
         gs["step"] = t
@@ -520,7 +549,7 @@ def _findplr_loops_from_overshoot(g_at, g0, alpha, max_evals, owner):
     value = math.inf
     while not (math.isfinite(value) and value <= g0):  # line 8, non-finite counted as +inf
         if probes >= max_evals:
-            raise FindPLRError(
+            raise (FindPLRError if math.isfinite(value) else FindPLRNonFiniteError)(
                 f"{owner}: the probe loss was not finite and FindPLR's loop 2 (lines 8-11: halve ᾱ while g(ᾱ) > g(0)) "
                 f"did not exit after max_evals={max_evals} halvings; last ᾱ = {alpha!r}, g(ᾱ) = {value!r}, "
                 f"g(0) = {g0!r}",
@@ -528,8 +557,9 @@ def _findplr_loops_from_overshoot(g_at, g0, alpha, max_evals, owner):
             )
         alpha = 0.5 * alpha  # line 9
         if alpha == 0.0:
-            raise FindPLRError(f"{owner}: FindPLR loop 2 halved ᾱ to 0 without a finite probe; g(0) = {g0!r}",
-                               2, alpha, value, probes)
+            raise (FindPLRError if math.isfinite(value) else FindPLRNonFiniteError)(
+                f"{owner}: FindPLR loop 2 halved ᾱ to 0 without a probe g(ᾱ) <= g(0); g(0) = {g0!r}",
+                2, alpha, value, probes)
         halvings += 1
         value = g_at(alpha)  # line 10
         probes += 1
@@ -558,6 +588,9 @@ class QLAB(Optimizer):
     ``pre_lr`` holds β.
     """
 
+    #: atomic steps: θ is restored from the saved copy, the direction's state is committed after the probe
+    _step_snapshot = "light"
+
     direction_default = "momentum"
 
     def __init__(self, params, direction=None, alpha0=QLAB_DEFAULT_ALPHA0, momentum=0.9, betas=(0.9, 0.999), eps=1e-8,
@@ -585,41 +618,43 @@ class QLAB(Optimizer):
         _check_groups(self)
         self.global_state.update(step=0, prev_lr=None)
 
-    # the direction's own rule with lr = 1 (updates its state)
+    # the direction's own rule with lr = 1. Returns (V, new state): the state is committed by ``step``
+    # only after the probes succeeded, so a step that raises leaves the moments untouched.
     def _direction(self, params, grads, t, group):
         direction = group["direction"]
         if direction == "sgd":
-            return grads
-        dirs = []
+            return grads, {}
+        dirs, new_state = [], {}
         if direction == "momentum":
             mu = group["momentum"]
             for p, g in zip(params, grads):
-                st = self.state.setdefault(p, {})
-                buf = st.get("momentum_buffer")
-                if buf is None:
-                    buf = g.copy()  # torch: the first buffer is a copy of the gradient
-                else:
-                    buf *= mu
-                    buf += g
-                st["momentum_buffer"] = buf
+                buf = self.state.get(p, {}).get("momentum_buffer")
+                # torch: the first buffer is a copy of the gradient, then b ← μb + ∇L
+                buf = g.copy() if buf is None else buf * mu + g
+                new_state[p] = {"momentum_buffer": buf}
                 dirs.append(buf)
-            return dirs
+            return dirs, new_state
         b1, b2 = group["betas"]
         eps = group["eps"]
         bc1 = 1.0 - b1**t
         bc2 = 1.0 - b2**t
         for p, g in zip(params, grads):
-            st = self.state.setdefault(p, {})
-            if "exp_avg" not in st:
-                st["exp_avg"] = np.zeros_like(p.data)
-                st["exp_avg_sq"] = np.zeros_like(p.data)
-            m, v = st["exp_avg"], st["exp_avg_sq"]
-            m += (1.0 - b1) * (g - m)  # torch: exp_avg.lerp_(grad, 1 − β1)
-            v *= b2
-            v += (1.0 - b2) * (g * g)
+            st = self.state.get(p, {})
+            m = st.get("exp_avg")
+            v = st.get("exp_avg_sq")
+            if m is None:
+                m, v = np.zeros_like(p.data), np.zeros_like(p.data)
+            m = m + (1.0 - b1) * (g - m)  # torch: exp_avg.lerp_(grad, 1 − β1)
+            v = v * b2 + (1.0 - b2) * (g * g)
+            new_state[p] = {"exp_avg": m, "exp_avg_sq": v}
             denom = np.sqrt(v) / math.sqrt(bc2) + eps
             dirs.append((1.0 / bc1) * (m / denom))  # torch: step_size·m/denom with lr = 1
-        return dirs
+        return dirs, new_state
+
+    def _commit(self, t, new_state):
+        for p, entries in new_state.items():
+            self.state.setdefault(p, {}).update(entries)
+        self.global_state["step"] = t
 
     def step(self, closure=None):
         owner = type(self).__name__
@@ -638,7 +673,7 @@ class QLAB(Optimizer):
             raise NonFiniteLossError(
                 f"{owner}: the gradient at the current parameters is not finite (‖∇L‖² = {gsq}) although the loss "
                 f"is {loss}; parameters unchanged")
-        dirs = self._direction(params, grads, t, group)
+        dirs, new_state = self._direction(params, grads, t, group)
         gdotv = _dot(grads, dirs)  # ∇L·V
         not_descent = not gdotv > 0
         if not_descent:  # V is not a descent direction (or ∇L·V is NaN): use the gradient this step
@@ -650,9 +685,9 @@ class QLAB(Optimizer):
                       alpha_star=None, lr=0.0, pre_lr=beta, fallback=False, evals=1, direction=group["direction"],
                       not_descent=not_descent, probe_nonfinite=False, findplr_halvings=0, zero_grad=False,
                       capped=False)
-        gs["step"] = t
-        if gdotv == 0.0:  # ∇L = 0: nothing to do (the direction's state was still updated)
+        if gdotv == 0.0:  # ∇L = 0: nothing to do (the direction's state is still updated)
             record["zero_grad"] = True
+            self._commit(t, new_state)
             self._finish_step(record)
             return loss
 
@@ -661,7 +696,7 @@ class QLAB(Optimizer):
 
         def g_at(alpha):  # g(α) = L(θ − αV), one probe forward
             _place(targets, saved, alpha, dirs)
-            return self.probe(closure)
+            return self.probe(closure, allow_nonfinite=True)  # non-finite = overshoot (+inf)
 
         try:
             probe = g_at(beta)  # Eq. (8) at β = max(α0, α_{t−1})
@@ -685,6 +720,7 @@ class QLAB(Optimizer):
             lr = group["max_lr"]
             record["capped"] = True
         _place(targets, saved, lr, dirs)  # θ_t = θ_{t−1} − α_t V
+        self._commit(t, new_state)
         gs["prev_lr"] = lr
         record.update(probe_loss=probe, a2=a2, alpha_star=alpha_star, lr=lr, pre_lr=beta, fallback=fallback)
         self._finish_step(record)

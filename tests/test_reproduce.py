@@ -1,0 +1,118 @@
+"""`qlabref reproduce --quick`: the whole pipeline small (every method, one seed, 300 iterations) on
+the real MNIST, locally and on a Dask LocalCluster (identical records), resumable (a finished run is
+never re-run), tables/figures written from the per-run records."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from qlabref import reproduce
+
+ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "qlabref", *args], capture_output=True, text=True,
+                          env=dict(ENV, QLABREF_DATA=os.environ.get("QLABREF_DATA", "")), timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def quick_grid(tmp_path_factory, mnist_cache):
+    root = tmp_path_factory.mktemp("repro")
+    runs, results = root / "runs", root / "results"
+    res = cli("reproduce", "mnist-mlp", "--quick", "--runs-dir", str(runs), "--results", str(results))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return runs, results, res
+
+
+@pytest.mark.slow
+def test_quick_grid_writes_tables_and_figures(quick_grid):
+    runs, results, res = quick_grid
+    md = (results / "mnist-mlp-quick.md").read_text()
+    for m in reproduce.METHODS:
+        assert f"| {m} |" in md, m
+    assert "| qlabgrad | defaults |" in md and "| 98.36 |" in md  # our number beside the paper's
+    assert "RMSprop and Adam at their customary lr 1e-3" in md
+    assert "Beyond the paper" in md and "| prodigy ‡ |" in md
+    assert "| qlabgrad-f64-s0 |" in md and "(float64)" in md and "Remedies" in md
+    assert "FindPLR from 1e-5" in md and "| float32 | 0 |" in md and "| float64 | 0 |" in md
+    assert "Time per step relative to SGD" in md and "| sgd |" in md
+    assert "at commit" in md and "qlabref reproduce mnist-mlp --quick" in md
+    figs = results / "mnist-mlp-quick" / "figures"
+    for name in ("loss-methods.png", "lr-methods.png", "loss-decay.png", "lr-decay.png", "loss-beyond.png",
+                 "loss-remedies.png"):
+        assert (figs / name).stat().st_size > 5000
+    recs = reproduce.load_records(str(results), "mnist-mlp", quick=True)
+    assert set(recs) == {f"{m}-s0" for m in reproduce.METHODS}
+    for rid, rec in recs.items():
+        s = rec["summary"]
+        assert s["config"]["iters"] == 300 and s["status"] in ("finished", "diverged", "failed")
+        # the record's accuracy is the run's own last evals.csv row
+        with open(runs / "mnist-mlp-quick" / rid / "evals.csv") as f:
+            last = f.read().strip().splitlines()[-1].split(",")
+        assert float(last[2]) == s["final_test_accuracy"]
+        assert len(rec["curves"]["iter"]) == 10  # 300 iterations in buckets of 30
+
+
+@pytest.mark.slow
+def test_quick_grid_is_resumable(quick_grid):
+    runs, results, _ = quick_grid
+    steps = runs / "mnist-mlp-quick" / "sgd-s0" / "steps.csv"
+    mtime = steps.stat().st_mtime_ns
+    res = cli("reproduce", "mnist-mlp", "--quick", "--runs-dir", str(runs), "--results", str(results),
+              "--no-timing", "--no-findplr")
+    assert res.returncode == 0, res.stderr[-2000:]
+    n = len(reproduce.METHODS)
+    assert f"{n} already finished, 0 to run" in res.stderr
+    assert steps.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_dask_localcluster_gives_identical_records(quick_grid, tmp_path):
+    distributed = pytest.importorskip("dask.distributed", reason="dask.distributed not installed (the 'dask' extra)")
+    runs, results, _ = quick_grid
+    old = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    try:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+                distributed.Client(lc) as client:
+            methods = ["qlabgrad", "sgd-e-decay", "schedulefree-sgd"]
+            st = reproduce.run_grid("mnist-mlp", str(tmp_path / "runs"), str(tmp_path / "results"), quick=True,
+                                    methods=methods, dask=client, progress=False)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert set(st) == {f"{m}-s0" for m in methods}
+    for m in methods:
+        a = (tmp_path / "runs" / "mnist-mlp-quick" / f"{m}-s0" / "steps.csv").read_bytes()
+        b = (runs / "mnist-mlp-quick" / f"{m}-s0" / "steps.csv").read_bytes()
+        assert a == b, m
+    path = reproduce.write_results("mnist-mlp", str(tmp_path / "results"), quick=True, with_timing=False,
+                                   with_findplr=False)
+    assert "partial grid" in open(path).read()
+
+
+def test_grid_definition():
+    runs = reproduce.grid_runs("mnist-mlp")
+    assert len(runs) == len(reproduce.METHODS) * 3
+    assert {m for m, v in reproduce.METHODS.items() if v[3] == "beyond"} == {
+        "dog", "dadapt-sgd", "dadapt-adam", "prodigy", "schedulefree-sgd", "schedulefree-adamw"}
+    ids = [r[0] for r in runs]
+    assert ids[:2] == ["qlabgrad-s0", "sgd-s0"]  # the most important runs start first
+    cfg = dict(runs)["sgd-ca-decay-s1"]
+    assert cfg["schedule"] == {"name": "ca-decay", "T_max": 30000, "eta_min": 1e-3}
+    assert cfg["opt"] == {"lr": 0.1} and cfg["iters"] == 30000 and cfg["batch"] == 64
+    cnn = reproduce.grid_runs("mnist-cnn")
+    assert sum(1 for r, _ in cnn if r.startswith("qlabgrad-")) == 3 and sum(1 for r, _ in cnn if r.startswith("adam-s")) == 1
+    with pytest.raises(ValueError, match="unknown method"):
+        reproduce.grid_runs("mnist-mlp", methods=["nope"])
+    bad = cli("reproduce", "mnist-mlp", "--methods", "nope")
+    assert bad.returncode == 2 and "unknown nope" in bad.stderr and "Traceback" not in bad.stderr
+    assert json.dumps(reproduce.PAPER_TABLE2)  # plain data
