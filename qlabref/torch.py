@@ -54,12 +54,13 @@ from __future__ import annotations
 import copy
 import math
 
-from .optim.optimizer import NonFiniteLossError
+from .optim.optimizer import NonFiniteLossError, NonFiniteProbeError, _typed_init
 from .optim.qlab import (
     DEFAULT_ALPHA0,
     DEFAULT_MAX_EVALS,
     QLAB_DEFAULT_ALPHA0,
     FindPLRError,
+    FindPLRNonFiniteError,
     FindPLRResult,
     _check_max_evals,
     _check_positive,
@@ -73,7 +74,8 @@ try:
 except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ImportError("qlabref.torch needs PyTorch: pip install 'qlabref[torch]' (or pip install torch)") from _e
 
-__all__ = ["QLABGrad", "QLAB", "find_plr", "FindPLRError", "FindPLRResult", "NonFiniteLossError",
+__all__ = ["QLABGrad", "QLAB", "find_plr", "FindPLRError", "FindPLRNonFiniteError", "FindPLRResult",
+           "NonFiniteLossError", "NonFiniteProbeError",
            "DEFAULT_ALPHA0", "QLAB_DEFAULT_ALPHA0", "DEFAULT_MAX_EVALS"]
 
 _DIRECTIONS = ("sgd", "momentum", "adam")
@@ -123,16 +125,19 @@ def _set_rng(state, devices):
         torch.cuda.set_rng_state(s, d)
 
 
-def _loss_value(loss, owner, need_grad):
+def _loss_value(loss, owner, where=""):
+    """The closure's return value as a float: a 0-d float tensor (the reference engine's rule 1)."""
     if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"{owner}: the closure must return the minibatch loss as a torch.Tensor, got "
-                        f"{type(loss).__name__}")
-    if loss.numel() != 1:
-        raise ValueError(f"{owner}: the closure must return a scalar loss, got shape {tuple(loss.shape)}")
-    if need_grad and not loss.requires_grad:
-        raise TypeError(f"{owner}: the loss returned by the closure has no autograd graph (computed under "
-                        "torch.no_grad() or detached?); the optimizer needs it to compute ∇L")
-    return float(loss.detach().reshape(()).item())
+        got = "None" if loss is None else f"a {type(loss).__name__}" + (
+            f" ({loss!r})" if isinstance(loss, (bool, int, float)) else "")
+        raise TypeError(f"{owner}: the closure must return the loss as a 0-d float torch.Tensor built from the "
+                        f"parameters{where}, got {got}")
+    if loss.dim() != 0:
+        raise TypeError(f"{owner}: the closure must return a 0-d (scalar) loss tensor{where}, got a tensor of shape "
+                        f"{tuple(loss.shape)}; reduce it with .sum() or .mean()")
+    if not loss.is_floating_point():
+        raise TypeError(f"{owner}: the closure must return a float loss tensor{where}, got dtype {loss.dtype}")
+    return float(loss.detach().item())
 
 
 def _total(parts) -> float:
@@ -205,17 +210,22 @@ class _QLABBase(torch.optim.Optimizer):
         return [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in params]
 
     def _evaluate(self, closure, params):
-        """Forward with graph, loss check, zero grads, backward. Returns the loss (float)."""
+        """Forward with graph, checks (the reference engine's rules 1-2, in its order), backward.
+        Returns the loss (float)."""
         owner = type(self).__name__
+        if not callable(closure):
+            raise TypeError(f"{owner}.step: closure must be a callable returning the loss, got {type(closure).__name__}")
         with torch.enable_grad():
             loss = closure()
-        value = _loss_value(loss, owner, need_grad=True)
+        value = _loss_value(loss, owner)
+        if not loss.requires_grad:
+            raise TypeError(f"{owner}: the closure returned a loss tensor that is not attached to any graph "
+                            "(requires_grad=False: computed under torch.no_grad(), detached, or from constants only)")
         if not math.isfinite(value):
-            raise NonFiniteLossError(f"{owner}: the loss at the current parameters is {value}; parameters unchanged")
+            raise NonFiniteLossError(
+                f"{owner}: the loss at the current parameters is {value}; parameters and optimizer state unchanged")
         for p in params:
-            if p.grad is not None:
-                p.grad.detach_()
-                p.grad.zero_()
+            p.grad = None  # (so that a loss built from none of the parameters is recognised below)
         try:
             loss.backward()
         except RuntimeError as e:
@@ -223,6 +233,18 @@ class _QLABBase(torch.optim.Optimizer):
                 raise RuntimeError(f"{owner}: the closure must be forward only (return the loss; the optimizer "
                                    f"calls zero_grad and backward itself): {e}") from e
             raise
+        if all(p.grad is None for p in params):
+            raise TypeError(f"{owner}: the closure returned a loss that does not depend on any of the optimizer's "
+                            f"{len(params)} parameters (was the model rebuilt, or the optimizer given other tensors?)")
+        with_grad = [(i, p) for i, p in enumerate(params) if p.grad is not None]
+        if not bool(torch.stack([torch.isfinite(p.grad).all().cpu() for _, p in with_grad]).all()):
+            for i, p in with_grad:
+                bad = int((~torch.isfinite(p.grad)).sum())
+                if bad:
+                    raise NonFiniteLossError(
+                        f"{owner}: the gradient of parameter {i} (shape {tuple(p.shape)}) has {bad} NaN/inf "
+                        f"entr{'y' if bad == 1 else 'ies'} although the loss is {value!r}; parameters and optimizer "
+                        "state unchanged")
         return value
 
     def _probe(self, closure):
@@ -232,7 +254,7 @@ class _QLABBase(torch.optim.Optimizer):
         try:
             with torch.no_grad(), guard:
                 loss = closure()
-            return _loss_value(loss, type(self).__name__, need_grad=False)
+            return _loss_value(loss, type(self).__name__, " (at a probe evaluation)")
         finally:
             guard.restore()
 
@@ -254,7 +276,6 @@ class _QLABBase(torch.optim.Optimizer):
             rng_after = _get_rng(self._rng_devs)
             result = body(params, loss, saved_params)
             _set_rng(rng_after, self._rng_devs)
-            return result
         except BaseException:
             _restore(params, saved_params)
             self.state.clear()
@@ -263,6 +284,12 @@ class _QLABBase(torch.optim.Optimizer):
             guard.restore()
             _set_rng(self._rng_before, self._rng_devs)
             raise
+        record = self.__dict__.pop("_pending_record", None)
+        if record is not None:  # callbacks run once the step is complete; if one raises, the step stands
+            self.last_step = record
+            for cb in self.callbacks:
+                cb(self, record)
+        return result
 
     def _move(self, params, saved, alpha, dirs, kind):
         """θ ← θ_saved − α·d; ``kind`` is ``"probe"`` (a point g(α) is evaluated at) or ``"update"``
@@ -270,19 +297,31 @@ class _QLABBase(torch.optim.Optimizer):
         _place(params, saved, alpha, dirs)
 
     def _finish_step(self, record):
-        self.last_step = record
-        for cb in self.callbacks:
-            cb(self, record)
+        self._pending_record = record  # published by _atomic when the step is complete
 
     def state_dict(self):
+        """torch's state_dict plus ``"optimizer"`` (the class name) and ``"global_state"``."""
         sd = super().state_dict()
+        sd["optimizer"] = type(self).__name__
         sd["global_state"] = copy.deepcopy(self.global_state)
         return sd
 
     def load_state_dict(self, state_dict):
+        """Restore a ``state_dict()`` of the same class (``TypeError``/``ValueError`` naming the problem,
+        as the reference engine's ``load_state_dict``; torch then checks groups and sizes)."""
         owner = type(self).__name__
-        if not isinstance(state_dict, dict) or "global_state" not in state_dict:
-            raise KeyError(f"{owner}.load_state_dict: missing key 'global_state' (not a {owner} state_dict?)")
+        where = f"{owner}.load_state_dict"
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{where}: expected the dict that state_dict() returns, got {type(state_dict).__name__}")
+        saved_cls = state_dict.get("optimizer")
+        if saved_cls is None:
+            raise ValueError(f"{where}: the state has no 'optimizer' entry naming the optimizer class that saved it "
+                             f"(torch.optim's, or built by hand?); if it is {owner}'s, set state['optimizer'] = '{owner}'")
+        if saved_cls != owner:
+            raise ValueError(f"{where}: the state was saved by {saved_cls}, not {owner}; an optimizer's state only "
+                             "loads into the same optimizer class")
+        if "global_state" not in state_dict:
+            raise ValueError(f"{where}: the state has no 'global_state' entry")
         saved = state_dict["param_groups"]
         for k in self.defaults:
             for i, g in enumerate(saved):
@@ -291,6 +330,7 @@ class _QLABBase(torch.optim.Optimizer):
                                    f"(another optimizer's state?)")
         sd = dict(state_dict)
         gs = sd.pop("global_state")
+        sd.pop("optimizer")
         super().load_state_dict(sd)
         self.defaults.update({k: v for k, v in self.param_groups[0].items() if k in self.defaults})
         self.global_state = copy.deepcopy(gs)
@@ -300,12 +340,14 @@ class _QLABBase(torch.optim.Optimizer):
 class QLABGrad(_QLABBase):
     """QLABGrad (Algorithm 1) with FindPLR (Algorithm 2), as ``qlabref.optim.QLABGrad``.
 
-    ``QLABGrad(params, pre_lr=None, alpha0=1.0, findplr="once", max_evals=50, max_lr=None)``; see
+    ``QLABGrad(params, pre_lr=None, alpha0=1.0, findplr="once", max_evals=50, max_lr=None,
+    max_lr_factor=None)``; see
     :class:`qlabref.optim.QLABGrad` for the options and this module's docstring for the torch side.
     """
 
+    @_typed_init  # argument types checked as in qr.optim (a string or a bool for a number is a TypeError)
     def __init__(self, params, pre_lr=None, alpha0=DEFAULT_ALPHA0, findplr="once", max_evals=DEFAULT_MAX_EVALS,
-                 max_lr=None):
+                 max_lr=None, max_lr_factor=None):
         owner = "QLABGrad"
         pre_lr = _check_positive("pre_lr", pre_lr, owner, allow_none=True)
         alpha0 = _check_positive("alpha0", alpha0, owner)
@@ -314,8 +356,9 @@ class QLABGrad(_QLABBase):
             raise ValueError("QLABGrad: findplr='never' needs a pre-learning rate: pass pre_lr (0 < ᾱ < 2/M)")
         max_evals = _check_max_evals(max_evals, owner)
         max_lr = _check_positive("max_lr", max_lr, owner, allow_none=True)
+        max_lr_factor = _check_positive("max_lr_factor", max_lr_factor, owner, allow_none=True)
         super().__init__(params, dict(pre_lr=pre_lr, alpha0=alpha0, findplr=findplr, max_evals=max_evals,
-                                      max_lr=max_lr))
+                                      max_lr=max_lr, max_lr_factor=max_lr_factor))
         self.global_state.update(step=0, pre_lr=pre_lr, findplr_due=pre_lr is None, findplr_runs=0, last_lr=None)
 
     @property
@@ -394,6 +437,10 @@ class QLABGrad(_QLABBase):
         if group["max_lr"] is not None and lr > group["max_lr"]:
             lr = group["max_lr"]
             record["capped"] = True
+        factor = group["max_lr_factor"]
+        if factor is not None and lr > factor * pre:  # a remedy, not the paper's algorithm (qr.optim.QLABGrad)
+            lr = factor * pre
+            record["capped"] = True
         self._move(params, saved, lr, grads, "update")  # Algorithm 1, line 8: θ_t = θ_{t−1} − α_t∇L(θ_{t−1})
 
         gs.update(step=t, last_lr=lr, pre_lr=pre, findplr_due=findplr_due, findplr_runs=findplr_runs)
@@ -406,15 +453,17 @@ class QLABGrad(_QLABBase):
 class QLAB(_QLABBase):
     """QLAB on the descent direction V of SGD, momentum or Adam, as ``qlabref.optim.QLAB``.
 
-    ``QLAB(params, direction="momentum", alpha0=0.01, momentum=0.9, betas=(0.9, 0.999), eps=1e-8,
+    ``QLAB(params, direction="momentum" (None = momentum), alpha0=0.01, momentum=0.9, betas=(0.9, 0.999), eps=1e-8,
     max_evals=50, max_lr=None)``. Per-parameter state: ``momentum_buffer`` or ``exp_avg`` /
     ``exp_avg_sq`` (torch's names). ``last_step`` as QLABGrad's plus ``direction``, ``not_descent``,
     ``grad_dot_dir``; ``pre_lr`` holds β = max(α0, α_{t−1}).
     """
 
-    def __init__(self, params, direction="momentum", alpha0=QLAB_DEFAULT_ALPHA0, momentum=0.9, betas=(0.9, 0.999),
+    @_typed_init
+    def __init__(self, params, direction=None, alpha0=QLAB_DEFAULT_ALPHA0, momentum=0.9, betas=(0.9, 0.999),
                  eps=1e-8, max_evals=DEFAULT_MAX_EVALS, max_lr=None):
         owner = type(self).__name__
+        direction = "momentum" if direction is None else direction
         if direction not in _DIRECTIONS:
             raise ValueError(f"{owner}: direction must be one of {', '.join(_DIRECTIONS)}, got {direction!r}")
         alpha0 = _check_positive("alpha0", alpha0, owner)

@@ -191,6 +191,20 @@ def test_qlab_directions_float64(torch, rng, direction):
                 assert _max_rel([tsd[i][k].numpy()], [v]) < REL
 
 
+def test_caps_agree(torch, rng):
+    """max_lr and max_lr_factor (remedies, off by default) cap α_t the same way on both sides."""
+    import qlabref.torch as qt
+    import torch_models as tmod
+
+    torch.manual_seed(int(rng.integers(2**31)))
+    sizes = (784, 32, 10)
+    for kw in (dict(max_lr_factor=0.5), dict(max_lr=0.05)):
+        tm, qm = _pair(torch, tmod.MLP(sizes).double(), qr.models.mlp(sizes, dtype=np.float64))
+        worst, to, qo = _run(torch, tm, qm, _batches(rng, 6, (1, 28, 28), 8), lambda p: qt.QLABGrad(p, **kw),
+                             lambda p: qr.optim.QLABGrad(p, **kw))
+        assert max(worst.values()) < REL and to.last_step["capped"]
+
+
 def _himmelblau_pair(torch, start):
     """Himmelblau's function written for torch, and qlabref's own."""
     xt = torch.tensor(start, dtype=torch.float64, requires_grad=True)
@@ -389,8 +403,10 @@ def test_state_dict_round_trip_resumes_bit_identically(torch, rng):
             cont.append([p.detach().clone() for p in m.parameters()] + [o.last_step["lr"]])
         for a, b in zip(*cont):
             assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
-    with pytest.raises(KeyError, match="global_state"):
+    with pytest.raises(ValueError, match="no 'optimizer' entry"):
         qt.QLABGrad(model.parameters()).load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
+    with pytest.raises(ValueError, match="saved by QLAB, not QLABGrad"):
+        qt.QLABGrad(model.parameters()).load_state_dict(qt.QLAB(model.parameters()).state_dict())
 
 
 def _snapshot(torch, model, opt):
@@ -445,10 +461,25 @@ def test_closure_mistakes_are_named(torch):
     opt = qt.QLABGrad([w])
     with pytest.raises(TypeError, match="torch.Tensor"):
         opt.step(lambda: 1.0)
-    with pytest.raises(ValueError, match="scalar"):
+    with pytest.raises(TypeError, match="0-d"):
         opt.step(lambda: w * 2)
+    with pytest.raises(TypeError, match="0-d"):
+        opt.step(lambda: (w * 2).sum().reshape(1))
     with pytest.raises(TypeError, match="graph"):
         opt.step(lambda: (w * 2).sum().detach())
+    other = torch.ones(3, requires_grad=True)
+    with pytest.raises(TypeError, match="does not depend"):
+        opt.step(lambda: (other * 2).sum())
+    with pytest.raises(TypeError, match="float"):
+        qt.QLABGrad([w]).step(lambda: torch.tensor(3))
+    calls = {"n": 0}
+
+    def integer_probe():
+        calls["n"] += 1
+        return (w * w).sum() if calls["n"] == 1 else torch.tensor(1)
+
+    with pytest.raises(TypeError, match="probe"):
+        qt.QLABGrad([w]).step(integer_probe)
 
     def torch_style():
         opt.zero_grad()
@@ -462,6 +493,31 @@ def test_closure_mistakes_are_named(torch):
         opt.step()
     with pytest.raises(TypeError, match="float32 or float64"):
         qt.QLABGrad([torch.ones(2, dtype=torch.float16, requires_grad=True)])
+    for kw in (dict(alpha0="1"), dict(max_evals=True), dict(findplr=3)):  # types, as qr.optim (TypeError)
+        with pytest.raises(TypeError) as et:
+            qt.QLABGrad([w], **kw)
+        with pytest.raises(TypeError) as eq:
+            qr.optim.QLABGrad([qr.tensor(np.ones(3), requires_grad=True)], **kw)
+        assert str(et.value) == str(eq.value)
+
+
+def test_callbacks_run_after_a_complete_step(torch):
+    import qlabref.torch as qt
+
+    w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    opt = qt.QLABGrad([w])
+    seen = []
+    opt.callbacks.append(lambda o, rec: seen.append((rec["step"], o.global_state["step"], w.detach().clone())))
+    opt.step(lambda: (w * w).sum())
+    assert seen[0][:2] == (1, 1) and torch.equal(seen[0][2], w.detach())
+
+    def boom(o, rec):
+        raise RuntimeError("callback failed")
+
+    opt.callbacks.append(boom)
+    with pytest.raises(RuntimeError, match="callback failed"):
+        opt.step(lambda: (w * w).sum())
+    assert opt.global_state["step"] == 2 and opt.last_step["step"] == 2  # the step stands
 
 
 def test_parameter_groups_share_one_alpha(torch, rng):
