@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from .backends import get_backend, set_backend, use_backend
 from .autograd import enable_grad, is_grad_enabled, no_grad, no_state_update
 from .gradcheck import gradcheck, gradcheck_projection, numerical_grad, relative_error
 from .ops import (
@@ -71,6 +72,9 @@ __all__ = [
     "sqrt",
     "log_softmax",
     "cross_entropy",
+    "set_backend",
+    "get_backend",
+    "use_backend",
     *(m for m in _LAZY_MODULES if m != "torch"),
     *_LAZY_NAMES,
 ]

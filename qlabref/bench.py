@@ -18,7 +18,7 @@ ratio of medians qlabref/PyTorch (and qlabref/NumPy).
 
 Thread count: NumPy's BLAS reads ``OPENBLAS_NUM_THREADS`` (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``)
 once, when NumPy is imported, and cannot be told otherwise later without an extra package. So
-:func:`run_child` starts a fresh interpreter (``python -m qlabref bench --_child``) with those
+:func:`run_child` starts a fresh interpreter (``qlabref bench --_child``) with those
 variables set to N, and that child calls ``torch.set_num_threads(N)`` and :func:`measure`.
 """
 from __future__ import annotations
@@ -39,6 +39,14 @@ __all__ = [
     "ModelSpec",
     "MODELS",
     "MLP_TARGET",
+    "CNN_TARGET",
+    "QLAB_SGD_TARGET",
+    "PROBE_SPEEDUP_TARGET",
+    "PROBE_COPY_TARGET",
+    "PARTS",
+    "measure_probe",
+    "measure_qlab",
+    "measure_gpu",
     "THREAD_VARIABLES",
     "example_batch",
     "our_step",
@@ -54,8 +62,17 @@ __all__ = [
     "format_markdown",
 ]
 
-#: The issue's target: an MLP step at most this many times PyTorch CPU's time.
-MLP_TARGET = 1.15
+#: Targets (ratios of medians, one process, one thread): an MLP step at most this many times
+#: PyTorch CPU's; the paper CNN's step likewise; one QLABGrad step at most this many SGD steps; the
+#: fused probe at least this many times faster than NumPy's two passes and at least this fraction of
+#: a parallel copy's bandwidth.
+MLP_TARGET = 0.85
+CNN_TARGET = 2.0
+QLAB_SGD_TARGET = 1.35
+PROBE_SPEEDUP_TARGET = 2.0
+PROBE_COPY_TARGET = 0.8
+#: the parts ``qlabref bench`` can measure (``--parts``)
+PARTS = ("steps", "probe", "qlab")
 
 #: The variables that fix the BLAS/OpenMP thread count of a fresh process.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
@@ -101,7 +118,7 @@ class ModelSpec:
 MODELS = {
     "mlp": ModelSpec("mlp", "mlp() 784-1000-1000-10", _mlp, (784,), 10, 64, 100, 10,
                      target=MLP_TARGET, numpy_baseline=True),
-    "cnn": ModelSpec("cnn", "paper_cnn()", _paper_cnn, (1, 28, 28), 10, 64, 20, 3),
+    "cnn": ModelSpec("cnn", "paper_cnn()", _paper_cnn, (1, 28, 28), 10, 64, 20, 3, target=CNN_TARGET),
     "resnet18": ModelSpec("resnet18", "resnet18(10, 'cifar')", _resnet18, (3, 32, 32), 10, 8, 8, 2),
 }
 _ALIASES = {"paper_cnn": "cnn", "resnet": "resnet18"}
@@ -128,6 +145,24 @@ def model_names(text):
 
 #: upper bound of a thread count (a child process with thousands of BLAS threads only thrashes)
 MAX_THREADS = 256
+
+
+def part_names(text):
+    """``"steps,probe"`` (or ``"all"``) → ``["steps", "probe"]``; a clear error for an unknown part."""
+    names = []
+    for part in str(text).split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        if part == "all":
+            names.extend(PARTS)
+            continue
+        if part not in PARTS:
+            raise ValueError(f"bench: unknown part {part!r}; choose from {', '.join(PARTS)} (or 'all')")
+        names.append(part)
+    if not names:
+        raise ValueError("bench: no part given; choose from " + ", ".join(PARTS))
+    return list(dict.fromkeys(names))
 
 
 def thread_counts(text):
@@ -322,9 +357,12 @@ def _blas_name():
         return "unknown"
 
 
-def measure(models, *, threads=1, batch=None, repeats=None, warmup=None, use_torch=True, seed=0, log=None):
+def measure(models, *, threads=1, batch=None, repeats=None, warmup=None, use_torch=True, seed=0, log=None,
+            parts=PARTS):
     """Time each model in *this* process; ``threads`` is what the environment was set to (see
-    :func:`run_child`) and what torch is told. Returns one run's record (a dict, JSON-ready)."""
+    :func:`run_child`) and what torch is told. ``parts``: "steps" (training step vs PyTorch),
+    "probe" (the fused probe kernel vs NumPy and a copy), "qlab" (QLABGrad step vs SGD step on the
+    chosen models among mlp/cnn). Returns one run's record (a dict, JSON-ready)."""
     torch, why_not = _torch_or_reason(threads, use_torch)
     run = {
         "threads": int(threads),
@@ -336,12 +374,227 @@ def measure(models, *, threads=1, batch=None, repeats=None, warmup=None, use_tor
         "torch_missing": why_not,
         "results": [],
     }
+    from . import backends
+
+    run["backend"] = backends.get_backend()
     run["loadavg_start"] = _loadavg()
-    for name in models:
-        run["results"].append(measure_model(name, batch=batch, repeats=repeats, warmup=warmup, torch=torch,
-                                            seed=seed, log=log))
+    if "steps" in parts:
+        for name in models:
+            run["results"].append(measure_model(name, batch=batch, repeats=repeats, warmup=warmup, torch=torch,
+                                                seed=seed, log=log))
+    if "probe" in parts:
+        run["probe"] = measure_probe(repeats=repeats, warmup=warmup, seed=seed, log=log)
+    if "qlab" in parts:
+        run["qlab"] = [measure_qlab(name, batch=batch, repeats=repeats, warmup=warmup, seed=seed, log=log)
+                       for name in models if name in ("mlp", "cnn")]
+    run["gpu"] = measure_gpu(torch, log=log)
     run["loadavg_end"] = _loadavg()
     return run
+
+
+# ------------------------------------------------------------------------------------- probe, QLAB
+def _interleaved(sides, repeats, warmup):
+    """Run every side once untimed, ``warmup`` more times, then ``repeats`` rounds in alternating
+    order with the garbage collector off; returns ``{side: summarize(...)}``."""
+    for fn in sides.values():
+        fn()
+    for _ in range(warmup):
+        for fn in sides.values():
+            fn()
+    order = list(sides)
+    times = {side: [] for side in sides}
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(repeats):
+            for side in (order if r % 2 == 0 else order[::-1]):
+                start = time.perf_counter()
+                sides[side]()
+                times[side].append(time.perf_counter() - start)
+    finally:
+        if was:
+            gc.enable()
+    return {side: summarize(ts) for side, ts in times.items()}
+
+
+def measure_probe(n=None, *, repeats=None, warmup=None, seed=0, dtype=np.float32, log=None):
+    """The fused probe (``qlabref.kernels.cpu.probe_kernel``: θ − αg and Σg² in float64, one pass)
+    against NumPy's two passes (Σg² through a float64 copy of g, then θ − αg) and against a parallel
+    copy that moves the same bytes. ``n`` defaults to the size of ``mlp()``'s flat parameter buffer."""
+    from .kernels import cpu
+
+    n = 1_796_010 if n is None else int(n)
+    repeats = 30 if repeats is None else max(int(repeats), 1)
+    warmup = 3 if warmup is None else int(warmup)
+    rng = np.random.default_rng(seed)
+    theta = rng.standard_normal(n).astype(dtype)
+    g = rng.standard_normal(n).astype(dtype)
+    out = np.empty_like(theta)
+    out_np = np.empty_like(theta)
+    alpha = 0.01
+    a = dtype(alpha)
+    m = 3 * n // 2  # the copy reads m and writes m elements: 3n elements moved, as the probe's θ, g, out
+    src = rng.standard_normal(m).astype(dtype)
+    dst = np.empty_like(src)
+
+    def numpy_two_pass():
+        g64 = g.astype(np.float64)
+        s = float(np.dot(g64, g64))  # pass 1: Σ g² accumulated in float64
+        np.multiply(g, -alpha, out=out_np)  # pass 2: θ − αg
+        np.add(out_np, theta, out=out_np)
+        return s
+
+    sides = {"probe": lambda: cpu.probe_kernel(theta, g, a, out), "numpy_two_pass": numpy_two_pass,
+             "copy": lambda: cpu.copy_kernel(src, dst)}
+    t0 = time.perf_counter()
+    stats = _interleaved(sides, repeats, warmup)
+    check = abs(float(cpu.probe_kernel(theta, g, a, out)) - numpy_two_pass()) / numpy_two_pass()
+    item = np.dtype(dtype).itemsize
+    gbps = {"probe": 3 * n * item / stats["probe"]["median"] / 1e6,
+            "numpy_two_pass": 3 * n * item / stats["numpy_two_pass"]["median"] / 1e6,
+            "copy": 2 * m * item / stats["copy"]["median"] / 1e6}
+    speedup = stats["numpy_two_pass"]["median"] / stats["probe"]["median"]
+    of_copy = gbps["probe"] / gbps["copy"]
+    if log is not None:
+        log(f"  probe (n={n}): {repeats} rounds in {time.perf_counter() - t0:.1f} s")
+    return {"n": n, "dtype": np.dtype(dtype).name, "repeats": repeats, "timings_ms": stats, "gbps": gbps,
+            "speedup_vs_numpy": speedup, "fraction_of_copy": of_copy, "sum_rel_diff": check,
+            "targets": {"speedup_vs_numpy": PROBE_SPEEDUP_TARGET, "fraction_of_copy": PROBE_COPY_TARGET},
+            "verdict": ("meets target" if speedup >= PROBE_SPEEDUP_TARGET and of_copy >= PROBE_COPY_TARGET
+                        else "misses target")}
+
+
+def measure_qlab(name, *, batch=None, repeats=None, warmup=None, seed=0, log=None):
+    """One QLABGrad step (steady state: ᾱ fixed, so no FindPLR; forward + backward, one probe
+    forward, the probe kernel's passes) against one ``qr.optim.SGD`` step (the target's baseline) and
+    one lean SGD step (zero_grad, forward, backward, θ −= η∇L, nothing recorded),
+    on the model with per-parameter arrays and with ``flat_parameters()``/``flat_grads()``; also a
+    forward under ``no_grad`` for the floor 1 + forward/(lean SGD step) (the probe is one forward)."""
+    from . import optim, tensor
+    from .autograd import no_grad, no_state_update
+    from .nn import functional as F
+
+    spec = MODELS[name]
+    batch = spec.batch if batch is None else int(batch)
+    repeats = (30 if name == "mlp" else 10) if repeats is None else int(repeats)
+    warmup = 2 if warmup is None else int(warmup)
+    x, y = example_batch(spec, batch, seed)
+    xt = tensor(x)
+    sides, fwd_model = {}, None
+    for layout in ("per-parameter", "flat"):
+        for kind in ("sgd", "sgd-lean", "qlabgrad"):
+            model = spec.build()
+            model.train()
+            if layout == "flat":
+                model.flat_parameters()
+                model.flat_grads()
+
+            def closure(model=model):
+                return F.cross_entropy(model(xt), y)
+
+            if kind == "sgd":
+                opt = optim.SGD(model.parameters(), lr=1e-3)
+
+                def step(opt=opt, closure=closure):
+                    opt.step(closure)  # zero_grad, forward, backward, update (and its ‖∇L‖, ‖Δθ‖ records)
+            elif kind == "sgd-lean":
+                params = model.parameters()
+
+                def step(model=model, params=params, closure=closure):
+                    # the lean SGD step a training loop does (torch.optim.SGD without momentum):
+                    # zero_grad, forward, backward, θ ← θ − η∇L in place. (qr.optim.SGD also records
+                    # ‖∇L‖ and ‖Δθ‖ every step, extra passes that would flatter the ratio.)
+                    model.zero_grad()
+                    closure().backward()
+                    for p in params:
+                        p.data -= 1e-3 * p.grad
+            else:
+                opt = optim.QLABGrad(model.parameters(), pre_lr=1e-2, findplr="never", max_lr=1.0)
+
+                def step(opt=opt, closure=closure):
+                    opt.step(closure)
+            sides[f"{kind}/{layout}"] = step
+            fwd_model = model
+
+    def forward():
+        with no_grad(), no_state_update():
+            F.cross_entropy(fwd_model(xt), y)
+
+    sides["forward"] = forward
+    t0 = time.perf_counter()
+    stats = _interleaved(sides, repeats, warmup)
+    med = {k: v["median"] for k, v in stats.items()}
+    layouts = ("per-parameter", "flat")
+    ratios = {layout: med[f"qlabgrad/{layout}"] / med[f"sgd/{layout}"] for layout in layouts}
+    ratios_lean = {layout: med[f"qlabgrad/{layout}"] / med[f"sgd-lean/{layout}"] for layout in layouts}
+    floor = 1.0 + med["forward"] / med["sgd-lean/per-parameter"]
+    if log is not None:
+        log(f"  qlab vs sgd {name} (batch {batch}): {repeats} rounds in {time.perf_counter() - t0:.1f} s")
+    return {"model": name, "batch": batch, "repeats": repeats, "timings_ms": stats, "ratios": ratios,
+            "ratios_lean": ratios_lean, "floor": floor, "target": QLAB_SGD_TARGET,
+            "verdict": "meets target" if max(ratios.values()) <= QLAB_SGD_TARGET else "misses target"}
+
+
+def measure_gpu(torch=None, log=None, size=1024, n=1 << 22, repeats=20):
+    """With a CUDA GPU (not the simulator): the tiled matmul kernel and the probe on device arrays
+    against PyTorch CUDA (or CuPy) on the same sizes. Otherwise ``{"available": False, "reason": ...}``."""
+    from .kernels import launch
+
+    ok, reason = launch.cuda_status()
+    if not ok or "simulator" in reason:
+        return {"available": False, "reason": reason if not ok else "the CUDA simulator is not a GPU"}
+    from numba import cuda
+
+    from .kernels import cuda_matmul, cuda_probe
+
+    rng = np.random.default_rng(0)
+    a = cuda.to_device(rng.standard_normal((size, size)).astype(np.float32))
+    b = cuda.to_device(rng.standard_normal((size, size)).astype(np.float32))
+    th = cuda.to_device(rng.standard_normal(n).astype(np.float32))
+    gg = cuda.to_device(rng.standard_normal(n).astype(np.float32))
+    out = cuda.device_array_like(th)
+
+    def timed(fn, sync):
+        fn()
+        sync()
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t)
+        return summarize(ts)
+
+    res = {"available": True, "device": reason, "matmul_size": size, "probe_n": n,
+           "ours": {"matmul": timed(lambda: cuda_matmul.matmul_device(a, b, size, size, np.float32), cuda.synchronize),
+                    "probe": timed(lambda: cuda_probe.probe_device(th, gg, 0.01, out), cuda.synchronize)}}
+    other = None
+    if torch is not None and torch.cuda.is_available():
+        ta, tb = torch.as_tensor(a.copy_to_host(), device="cuda"), torch.as_tensor(b.copy_to_host(), device="cuda")
+        tt, tg = torch.as_tensor(th.copy_to_host(), device="cuda"), torch.as_tensor(gg.copy_to_host(), device="cuda")
+        other = ("torch", {"matmul": timed(lambda: ta @ tb, torch.cuda.synchronize),
+                           "probe": timed(lambda: (tt - 0.01 * tg, (tg.double() ** 2).sum()), torch.cuda.synchronize)})
+    else:
+        try:
+            import cupy
+        except ImportError:
+            cupy = None
+        if cupy is not None:
+            ca, cb = cupy.asarray(a.copy_to_host()), cupy.asarray(b.copy_to_host())
+            ct, cg = cupy.asarray(th.copy_to_host()), cupy.asarray(gg.copy_to_host())
+            sync = cupy.cuda.Device().synchronize
+            other = ("cupy", {"matmul": timed(lambda: ca @ cb, sync),
+                              "probe": timed(lambda: (ct - 0.01 * cg, (cg.astype(cupy.float64) ** 2).sum()), sync)})
+    if other is not None:
+        res["baseline"], res["theirs"] = other
+        res["ratios"] = {k: res["ours"][k]["median"] / res["theirs"][k]["median"] for k in ("matmul", "probe")}
+    else:
+        res["baseline"] = None
+        res["reason_no_baseline"] = "neither torch with CUDA nor cupy is installed"
+    if log is not None:
+        log(f"  GPU kernels timed on {reason}")
+    return res
 
 
 # ------------------------------------------------------------------------------------- child process
@@ -353,11 +606,18 @@ def child_environment(threads, base=None):
     return env
 
 
-def run_child(threads, models, *, batch=None, repeats=None, warmup=None, use_torch=True, seed=0):
-    """Run :func:`measure` in a fresh ``python -m qlabref bench --_child`` whose BLAS and torch use
+def run_child(threads, models, *, batch=None, repeats=None, warmup=None, use_torch=True, seed=0, parts=PARTS):
+    """Run :func:`measure` in a fresh ``qlabref bench --_child`` process whose BLAS and torch use
     ``threads`` threads. The child's progress goes to our stderr; its result comes back as JSON."""
-    cmd = [sys.executable, "-m", "qlabref", "bench", "--_child", "--threads", str(int(threads)),
-           "--models", ",".join(models), "--seed", str(int(seed))]
+    # The child must not import qlabref from the working directory: `python -m qlabref` puts it first
+    # on sys.path, and in a repository checkout with a non-editable install that is the source folder
+    # qlabref/, which lacks the kernels (installed from kernels/ as qlabref.kernels). So the child drops
+    # that entry (PYTHONPATH and site-packages keep their order) and falls back to this process's copy.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    boot = (f"import sys; sys.path[:] = sys.path[1:] + [{root!r}]; from qlabref.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    cmd = [sys.executable, "-c", boot, "bench", "--_child", "--threads", str(int(threads)),
+           "--models", ",".join(models), "--seed", str(int(seed)), "--parts", ",".join(parts)]
     for flag, value in (("--batch", batch), ("--repeats", repeats), ("--warmup", warmup)):
         if value is not None:
             cmd += [flag, str(int(value))]
@@ -373,10 +633,11 @@ def run_child(threads, models, *, batch=None, repeats=None, warmup=None, use_tor
     return json.loads(lines[-1][len(CHILD_MARKER):])
 
 
-def child_main(models, *, threads, batch=None, repeats=None, warmup=None, use_torch=True, seed=0) -> int:
+def child_main(models, *, threads, batch=None, repeats=None, warmup=None, use_torch=True, seed=0,
+               parts=PARTS) -> int:
     """Entry point of the child: measure, print the result as one marked JSON line."""
     run = measure(models, threads=threads, batch=batch, repeats=repeats, warmup=warmup, use_torch=use_torch,
-                  seed=seed, log=lambda s: print(s, file=sys.stderr, flush=True))
+                  seed=seed, log=lambda s: print(s, file=sys.stderr, flush=True), parts=parts)
     print(CHILD_MARKER + json.dumps(run), flush=True)
     return 0
 
@@ -432,6 +693,44 @@ def format_table(runs):
     return "\n".join(lines)
 
 
+def format_extras(runs):
+    """Lines for the probe, QLABGrad-vs-SGD and GPU parts of every run."""
+    lines = []
+    for run in runs:
+        tag = f"{run['threads']} thread(s), backend {run.get('backend', '?')}"
+        p = run.get("probe")
+        if p:
+            t = p["timings_ms"]
+            lines.append(
+                f"probe ({tag}, n = {p['n']} {p['dtype']}): fused {_fmt_ms(t['probe'])} ms, NumPy two-pass "
+                f"{_fmt_ms(t['numpy_two_pass'])} ms, copy of the same bytes {_fmt_ms(t['copy'])} ms; "
+                f"{p['speedup_vs_numpy']:.2f}× faster than NumPy (target ≥ {p['targets']['speedup_vs_numpy']:.1f}×), "
+                f"{p['gbps']['probe']:.1f} GB/s = {100 * p['fraction_of_copy']:.0f}% of the copy's "
+                f"{p['gbps']['copy']:.1f} GB/s (target ≥ {100 * p['targets']['fraction_of_copy']:.0f}%): {p['verdict']}")
+        for q in run.get("qlab", []):
+            t = q["timings_ms"]
+            lines.append(
+                f"QLABGrad step / SGD step ({tag}, {q['model']}, batch {q['batch']}): "
+                f"{q['ratios']['per-parameter']:.2f}× per-parameter ({_fmt_ms(t['qlabgrad/per-parameter'])} vs "
+                f"{_fmt_ms(t['sgd/per-parameter'])} ms), {q['ratios']['flat']:.2f}× flat buffers "
+                f"({_fmt_ms(t['qlabgrad/flat'])} vs {_fmt_ms(t['sgd/flat'])} ms); against a lean SGD step "
+                f"(θ −= η∇L, nothing recorded): {q['ratios_lean']['per-parameter']:.2f}× / "
+                f"{q['ratios_lean']['flat']:.2f}×; floor 1 + forward/step = {q['floor']:.2f}; "
+                f"target ≤ {q['target']:.2f}× (vs qr.optim.SGD): {q['verdict']}")
+        gpu = run.get("gpu")
+        if gpu is not None:
+            if not gpu["available"]:
+                lines.append(f"GPU kernels ({tag}): not timed: {gpu['reason']}")
+            elif gpu.get("baseline"):
+                lines.append(f"GPU kernels on {gpu['device']}: matmul {gpu['ratios']['matmul']:.2f}×, probe "
+                             f"{gpu['ratios']['probe']:.2f}× the time of {gpu['baseline']}")
+            else:
+                o = gpu["ours"]
+                lines.append(f"GPU kernels on {gpu['device']}: matmul {_fmt_ms(o['matmul'])} ms, probe "
+                             f"{_fmt_ms(o['probe'])} ms ({gpu['reason_no_baseline']})")
+    return lines
+
+
 def format_markdown(record):
     """The record as a Markdown report."""
     env = record["environment"]
@@ -449,6 +748,8 @@ def format_markdown(record):
         "|" + "---|" * len(_HEADER),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in _rows(record["runs"])]
+    lines.append("")
+    lines += [f"- {line}" for line in format_extras(record["runs"])]
     lines.append("")
     for run in record["runs"]:
         lines.append(f"- {run['threads']} thread(s): NumPy {run['numpy']} ({run['blas']}), "

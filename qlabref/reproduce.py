@@ -587,6 +587,10 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
                     f"{t['alpha_star']:.3g} at iteration {t['iter']} (L = {t['loss']:.3g}, den/ulp = "
                     f"{(t['denominator_ulps'] if t['denominator_ulps'] is not None else float('nan')):.2g}, next loss "
                     f"{(t['next_loss'] if t['next_loss'] is not None else float('nan')):.3g})" for t in top) + ".", ""]
+        extra = sorted(f for f in os.listdir(fig_dir) if f.startswith("qlabgrad-") and f.endswith(".png"))
+        rel = os.path.relpath(fig_dir, results_dir)
+        for f in extra:  # per-step diagnostics drawn from a run's full records (qlabref.runplots.qlab_figure)
+            L += [f"![{f[:-4]}]({rel}/{f})", ""]
     L += table("decay", "Decay schedules on SGD (lr 0.1)", paper=False)
     L += table("unfair", "Where the paper's protocol is unfair: RMSprop and Adam at their customary lr 1e-3",
                paper=False)

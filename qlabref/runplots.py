@@ -272,13 +272,19 @@ def _bucket_max(x, y, max_points=_MAX_POINTS):
     return xe, lo, hi
 
 
-def qlab_figure(runs, title=None):
+def qlab_figure(runs, title=None, xlim=None):
     """Why a QLAB run's step size behaves as it does: per step, against the iteration (log scales),
     α* (Eq. 10) and ᾱ; ‖∇L‖² (= −a1, Eq. 7); the curvature a2 (Eq. 9); the minibatch loss a0. With
     α* = ‖∇L‖²/(2a2), a step blows up when a2 falls faster than ‖∇L‖² -- visible here directly."""
     plt = _plt()
     runs = [load_run(r) if isinstance(r, (str, os.PathLike)) else r for r in runs]
     runs = [r for r in runs if np.any(np.isfinite(r["a2"]))]
+    if xlim is not None:  # draw every step of the window (no bucketing)
+        sel = []
+        for r in runs:
+            m = (r["iter"] >= xlim[0]) & (r["iter"] <= xlim[1])
+            sel.append({**r, **{k: r[k][m] for k in ("iter", "loss", "lr", "pre_lr", "alpha_star", "fallback", "a1", "a2")}})
+        runs = sel
     if not runs:
         raise ValueError("qlab_figure: none of the runs has QLAB columns (a0, a1, a2, alpha_star, pre_lr)")
     fig, axes = plt.subplots(4, 1, figsize=(9, 11), sharex=True)
@@ -312,7 +318,11 @@ def qlab_figure(runs, title=None):
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3, which="both")
     axes[-1].set_xlabel("iteration")
-    axes[-1].set_xlim(left=0)
+    if xlim is not None:
+        lo, hi = max(float(xlim[0]), 0.0), float(xlim[1])
+        axes[-1].set_xlim(lo, hi)
+    else:
+        axes[-1].set_xlim(left=0)
     axes[0].legend(fontsize=7)
     axes[0].set_title(title or "QLAB diagnostics per step (band = min-max per bucket; dotted line = run stopped)")
     fig.tight_layout()

@@ -62,7 +62,7 @@ import time
 import numpy as np
 
 __all__ = ["TrainConfig", "run", "resume", "load_config", "build_model", "load_data", "evaluate",
-           "parse_kv", "STEP_COLUMNS", "TIMING_COLUMNS", "EVAL_COLUMNS", "EXIT_CODES", "RunStopped"]
+           "parse_kv", "RunDirLocked", "STEP_COLUMNS", "TIMING_COLUMNS", "EVAL_COLUMNS", "EXIT_CODES", "RunStopped"]
 
 STEP_COLUMNS = ("iter", "loss", "lr", "evals", "a0", "a1", "a2", "alpha_star", "pre_lr", "fallback")
 QLAB_COLUMNS = ("a0", "a1", "a2", "alpha_star", "pre_lr", "fallback")
@@ -87,6 +87,10 @@ DEFAULTS = dict(
     eval_every=1000, checkpoint_every=None, dtype="float32", out=None, data_dir=None, train_limit=None,
     test_limit=None, eval_batch=1000, flat_buffers=False,
 )
+
+
+class RunDirLocked(ValueError):
+    """Another process is training into the same run directory."""
 
 
 class RunStopped(RuntimeError):
@@ -491,12 +495,45 @@ def run(config, data=None, quiet=False, raise_on_stop=False, _resume=False):
     ``data``: optional ``(X_train, y_train, X_test, y_test)`` arrays instead of ``config["data"]``
     (the configuration still names the data set for the records). With ``raise_on_stop`` a run that
     does not finish raises :class:`RunStopped` (its summary attached) after writing everything."""
+    config = TrainConfig(config)
+    out = check_out_dir(config["out"], resume=_resume)
+    lock = _lock_run_dir(out)  # one writer per run directory (held until this process ends)
+    try:
+        return _run_locked(config, out, data, quiet, raise_on_stop, _resume)
+    finally:
+        _unlock(lock)
+
+
+def _lock_run_dir(out):
+    """An exclusive, non-blocking lock on ``out/.lock`` (POSIX ``flock``; released by the OS when the
+    process dies, so a SIGKILLed run never leaves a stale lock). Two processes training into one folder
+    would interleave their records; the second one is refused instead."""
+    path = os.path.join(out, ".lock")
+    f = open(path, "a+")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory lock, documented
+        return f
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise RunDirLocked(f"{out}: another qlabref process is training into this folder (it holds {path})") from None
+    return f
+
+
+def _unlock(f):
+    try:
+        f.close()
+    except OSError:  # pragma: no cover
+        pass
+
+
+def _run_locked(config, out, data, quiet, raise_on_stop, _resume):
     from . import optim, tensor
     from .nn import functional as F
     from .optim import NonFiniteLossError
 
-    config = TrainConfig(config)
-    out = check_out_dir(config["out"], resume=_resume)
     dtype = np.dtype(config["dtype"]).type
 
     if data is None:

@@ -149,3 +149,30 @@ def test_command_when_torch_cannot_be_imported(tmp_path, monkeypatch, capsys):
     run = json.loads((out / "bench.json").read_text())["runs"][0]
     assert run["torch"] is None and "pip install torch" in run["torch_missing"]
     assert run["results"][0]["verdict"] == "not judged (no PyTorch baseline)"
+
+
+def test_probe_and_qlab_parts_are_recorded(tmp_path, capsys):
+    out = tmp_path / "b"
+    code = cli.main(["bench", "--parts", "probe,qlab", "--models", "mlp", "--repeats", "1", "--warmup", "0",
+                     "--batch", "2", "--no-torch", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "probe (1 thread(s)" in text and "QLABGrad step / SGD step" in text and "GPU kernels" in text
+    run = json.loads((out / "bench.json").read_text())["runs"][0]
+    assert run["results"] == []  # no "steps" part
+    p = run["probe"]
+    assert p["n"] == 1_796_010 and set(p["timings_ms"]) == {"probe", "numpy_two_pass", "copy"}
+    assert p["sum_rel_diff"] < 1e-12  # the fused sum and NumPy's float64 dot agree
+    assert p["speedup_vs_numpy"] > 0 and p["fraction_of_copy"] > 0
+    (q,) = run["qlab"]
+    assert q["model"] == "mlp" and set(q["ratios"]) == set(q["ratios_lean"]) == {"per-parameter", "flat"}
+    assert q["floor"] > 1
+    assert q["target"] == bench.QLAB_SGD_TARGET
+    assert "probe (" in (out / "bench.md").read_text()
+
+
+def test_unknown_part_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--parts", "gpu-only"])
+    assert e.value.code == 2
+    assert "unknown part" in capsys.readouterr().err

@@ -285,3 +285,22 @@ def test_data_info_and_plain_progress(idx_dir, tmp_path):
     assert q.returncode == 0 and q.stderr == ""
     info = cli("data", "info")
     assert info.returncode in (0, 1) and "mnist" in info.stdout
+
+
+def test_one_writer_per_run_directory(idx_dir, tmp_path):
+    """A second process resuming a folder that a running process trains into is refused (exit 2),
+    and the running one finishes with the same records as an undisturbed run."""
+    args = ["train", "--data-dir", idx_dir, "--iters", "400", "--batch", "32", "--eval-every", "400", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "qlabref", *args, "--out", str(tmp_path / "a")], env=ENV)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "a" / "config.json").exists():
+        time.sleep(0.01)
+    res = cli("train", "--resume", str(tmp_path / "a"))
+    still_running = proc.poll() is None
+    proc.wait()
+    if still_running:  # the refusal is only meaningful while the first process held the folder
+        assert res.returncode == 2 and "another qlabref process is training into this folder" in res.stderr
+        assert "Traceback" not in res.stderr
+    assert proc.returncode == 0
+    assert cli(*args, "--out", str(tmp_path / "b")).returncode == 0
+    assert read(tmp_path / "a" / "steps.csv") == read(tmp_path / "b" / "steps.csv")

@@ -21,8 +21,11 @@ DESCRIPTION = (
     "at batch 64 and resnet18(10, 'cifar') at batch 8, against PyTorch CPU with the same weights in the same "
     "process and thread count, and, for the MLP, against the same step in plain NumPy. Each thread count runs "
     "in a fresh child process whose BLAS and torch use that many threads. Reports median [quartiles] in ms, "
-    "the ratio qlabref/PyTorch and the target verdict (MLP <= 1.15x PyTorch). Without torch installed, times "
-    "qlabref and the NumPy baseline only. Writes bench.json and bench.md to --out."
+    "the ratio qlabref/PyTorch and the target verdict (MLP <= 0.85x, paper CNN <= 2.0x PyTorch). Also the fused "
+    "line-search probe kernel against NumPy's two passes and a copy of the same bytes (--parts probe), and one "
+    "QLABGrad step against one SGD step on mlp/cnn (--parts qlab; target <= 1.35x), and, with a CUDA GPU, the "
+    "CUDA kernels against PyTorch or CuPy. Without torch installed, times qlabref and the NumPy baseline only. "
+    "Writes bench.json and bench.md to --out."
 )
 
 
@@ -54,6 +57,8 @@ def add_arguments(parser):
                         help=f"timed steps per side (default: 100 mlp, 20 cnn, 8 resnet18; at most {MAX_REPEATS})")
     parser.add_argument("--warmup", type=_args.bounded_int(0, MAX_REPEATS), default=None,
                         help=f"untimed steps per side before timing (default: 10 mlp, 3 cnn, 2 resnet18; at most {MAX_REPEATS})")
+    parser.add_argument("--parts", type=_arg_type(bench.part_names), default=list(bench.PARTS),
+                        help=f"what to measure, comma-separated from {','.join(bench.PARTS)} (default: all)")
     parser.add_argument("--seed", type=_args.seed, default=0, help="seed of the weights and the input batch (default 0)")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip the PyTorch baseline (as if torch were not installed)")
@@ -65,7 +70,7 @@ def run(args) -> int:
     from .. import bench
 
     opts = dict(batch=args.batch, repeats=args.repeats, warmup=args.warmup, use_torch=not args.no_torch,
-                seed=args.seed)
+                seed=args.seed, parts=args.parts)
     if args._child:
         if len(args.threads) != 1:
             print("qlabref bench: --_child takes one thread count", file=sys.stderr)
@@ -87,7 +92,8 @@ def run(args) -> int:
     record = {
         "command": "qlabref bench",
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "config": {"models": args.models, "threads": args.threads, "batch": args.batch, "repeats": args.repeats,
+        "config": {"models": args.models, "parts": args.parts, "threads": args.threads, "batch": args.batch,
+                   "repeats": args.repeats,
                    "warmup": args.warmup, "seed": args.seed, "torch": not args.no_torch},
         "environment": env,
         "runs": runs,
@@ -116,6 +122,8 @@ def run(args) -> int:
     print()
     print("median [quartiles] in ms per step; ratios of medians; NumPy = the MLP step in plain NumPy, same process")
     print(bench.format_table(runs))
+    for line in bench.format_extras(runs):
+        print(line)
     for run_record in runs:
         for r in run_record["results"]:
             d = r["loss_rel_diff_torch"]

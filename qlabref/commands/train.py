@@ -144,7 +144,7 @@ def run(args) -> int:
             raise UsageError(str(exc)) from None
         try:
             summary = train.resume(args.resume, quiet=args.quiet)
-        except data_mod.DataError as exc:
+        except (data_mod.DataError, train.RunDirLocked) as exc:
             raise UsageError(str(exc)) from None
         return train.EXIT_CODES.get(summary.get("status"), 1)
     if args.out is None:
@@ -156,6 +156,6 @@ def run(args) -> int:
         raise UsageError(str(exc)) from None
     try:
         summary = train.run(cfg, quiet=args.quiet)
-    except data_mod.DataError as exc:
+    except (data_mod.DataError, train.RunDirLocked) as exc:
         raise UsageError(str(exc)) from None
     return train.EXIT_CODES.get(summary.get("status"), 1)

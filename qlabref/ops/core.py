@@ -13,6 +13,7 @@ import numbers
 import numpy as np
 from scipy.special import expit
 
+from .. import backends
 from ..autograd import Function, unbroadcast
 from .registry import register
 
@@ -182,11 +183,18 @@ class MatMul(Function):
                     f"matmul: batch dimensions of shapes {a.shape} and {b.shape} cannot be broadcast"
                 ) from None
         ctx.save(a, b)
+        if a.ndim == 2 and b.ndim == 2:
+            return backends.current().matmul(a, b)  # 2-D products go through the backend
         return np.matmul(a, b)
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved
+        if a.ndim == 2 and b.ndim == 2:
+            be = backends.current()
+            ga = be.matmul(g, b.T) if ctx.needs_input_grad[0] else None
+            gb = be.matmul(a.T, g) if ctx.needs_input_grad[1] else None
+            return ga, gb
         A = a if a.ndim > 1 else a[None, :]
         B = b if b.ndim > 1 else b[:, None]
         G = g

@@ -11,7 +11,10 @@ into the matrix ``cols`` (N·OH·OW, C·kH·kW), one kernel offset at a time (``
 convolution is one matrix product ``cols @ W.reshape(out, -1).T``. The backward pass is two more
 matrix products; the input gradient is scattered back with **col2im**, a loop over the kH·kW kernel
 offsets (25 for a 5×5 kernel), each iteration one vectorised strided add over all pixels at once.
-Pooling uses the same strided views.
+Pooling uses the same strided views. The three gathers/products of a convolution (im2col, the
+matrix products, col2im) and ``linear``'s products go through the backend in force
+(``qlabref.backends``): the functions below are the ``"numpy"`` backend, the oracle; ``"numba"`` runs
+Numba kernels for im2col/col2im (the same numbers) and ``"cuda"`` the CUDA kernels.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .. import backends
 from ..autograd import Function
 from .registry import register
 
@@ -160,7 +164,8 @@ class Linear(Function):
         if bias and bias[0].shape != (w.shape[0],):
             raise ValueError(f"linear: bias has shape {bias[0].shape}, weight {w.shape} needs ({w.shape[0]},)")
         ctx.save(x, w)
-        out = np.matmul(x, w.T)
+        be = backends.current()
+        out = be.matmul(x.reshape(-1, x.shape[-1]), w.T).reshape(*x.shape[:-1], w.shape[0])
         if bias:
             out += bias[0]
         return out
@@ -169,9 +174,10 @@ class Linear(Function):
     def backward(ctx, g):
         x, w = ctx.saved
         need = ctx.needs_input_grad
+        be = backends.current()
         g2 = g.reshape(-1, g.shape[-1])
-        gx = np.matmul(g, w) if need[0] else None
-        gw = np.matmul(g2.T, x.reshape(-1, x.shape[-1])) if need[1] else None
+        gx = be.matmul(g2, w).reshape(*g.shape[:-1], w.shape[1]) if need[0] else None
+        gw = be.matmul(g2.T, x.reshape(-1, x.shape[-1])) if need[1] else None
         if len(need) == 3:
             return gx, gw, (g2.sum(axis=0) if need[2] else None)
         return gx, gw
@@ -198,29 +204,30 @@ class Conv2d(Function):
         k = w.shape[2:]
         oh, ow = _out_hw("conv2d", x.shape, k, s, p)
         n, o = x.shape[0], w.shape[0]
-        xp = _pad(x, p)
-        cols = _im2col(xp, k, s, (oh, ow))  # (N·OH·OW, C·kH·kW), the one big copy of the forward pass
+        be = backends.current()
+        cols = be.im2col(x, k, s, p, (oh, ow))  # (N·OH·OW, C·kH·kW), the one big copy of the forward pass
         w2 = w.reshape(o, -1)
-        out = np.matmul(cols, w2.T)  # (N·OH·OW, O)
+        out = be.matmul(cols, w2.T)  # (N·OH·OW, O)
         if bias:
             out += bias[0]
         ctx.save(cols, w)
-        ctx.geom = (xp.shape, k, s, p, (oh, ow))
+        ctx.geom = (x.shape, k, s, p, (oh, ow))
         return np.ascontiguousarray(out.reshape(n, oh, ow, o).transpose(0, 3, 1, 2))
 
     @staticmethod
     def backward(ctx, g):
         cols, w = ctx.saved
-        xp_shape, k, s, p, out_hw = ctx.geom
+        x_shape, k, s, p, out_hw = ctx.geom
         need = ctx.needs_input_grad
-        n, o = g.shape[:2]
+        be = backends.current()
+        o = g.shape[1]
         g2 = g.transpose(0, 2, 3, 1).reshape(-1, o)  # (N·OH·OW, O)
         gx = gw = gb = None
         if need[1]:
-            gw = np.matmul(g2.T, cols).reshape(w.shape)
+            gw = be.matmul(g2.T, cols).reshape(w.shape)
         if need[0]:
-            gcols = np.matmul(g2, w.reshape(o, -1)).reshape(n, out_hw[0], out_hw[1], *w.shape[1:])
-            gx = _col2im(gcols, xp_shape, k, s, p, out_hw, g.dtype)
+            gcols = be.matmul(g2, w.reshape(o, -1))  # (N·OH·OW, C·kH·kW)
+            gx = be.col2im(gcols, x_shape, k, s, p, out_hw)
         if len(need) == 3:
             gb = g.sum(axis=(0, 2, 3)) if need[2] else None
             return gx, gw, gb

@@ -113,6 +113,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import backends
 from .optimizer import NonFiniteLossError, NonFiniteProbeError, Optimizer, check_beta
 from .registry import register_optimizer
 
@@ -183,10 +184,26 @@ class FindPLRResult:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+def _kernel_view(a, dtype=None):
+    """``a`` as a 1-D contiguous view for the probe kernels (float32/float64, one dtype), else None."""
+    if a.dtype not in (np.float32, np.float64) or (dtype is not None and a.dtype != dtype):
+        return None
+    return a.reshape(-1) if a.flags.c_contiguous else None
+
+
 def _sq_norm(arrays) -> float:
-    """Σ x² over all arrays, accumulated in float64."""
-    return float(sum(np.dot(a.ravel().astype(np.float64, copy=False), a.ravel().astype(np.float64, copy=False))
-                     for a in arrays))
+    """Σ x² over all arrays, accumulated in float64: the probe kernel's sum (one pass over each array,
+    no float64 copy of a float32 gradient), on the backend in force."""
+    be = backends.current()
+    total = 0.0
+    for a in arrays:
+        v = _kernel_view(a)
+        if v is None:
+            a64 = np.asarray(a, dtype=np.float64).ravel()
+            total += float(np.dot(a64, a64))
+        elif v.size:
+            total += be.sq_norm(v)
+    return total
 
 
 def _dot(xs, ys) -> float:
@@ -195,20 +212,82 @@ def _dot(xs, ys) -> float:
                      for x, y in zip(xs, ys)))
 
 
+class _Saved:
+    """θ_{t−1}, the point every probe and the step are computed from. Created empty; the first
+    :func:`_place` saves θ and places the first probe point in one pass over memory (the probe
+    kernel's ``probe_save``). Reading it before then takes a plain copy."""
+
+    def __init__(self, targets):
+        self.targets = targets
+        self.arrays = None
+
+    @property
+    def ready(self):
+        return self.arrays is not None
+
+    def copy_now(self):
+        if self.arrays is None:
+            self.arrays = [t.copy() for t in self.targets]
+        return self.arrays
+
+    def __iter__(self):
+        return iter(self.copy_now())
+
+    def __getitem__(self, i):
+        return self.copy_now()[i]
+
+    def __len__(self):
+        return len(self.targets)
+
+
+def _save(targets):
+    """The saved θ_{t−1} for ``targets`` (filled by the first ``_place``; see :class:`_Saved`)."""
+    return _Saved(targets)
+
+
 def _place(targets, saved, alpha, dirs):
     """θ ← saved − α·d for every parameter array in ``targets``, written in place (views stay views).
 
-    Always computed from the saved copy, so probing and stepping never accumulate rounding."""
+    Always computed from the saved copy, so probing and stepping never accumulate rounding. The new
+    point is the probe kernel's θ − α·d with α rounded to the arrays' dtype, which is NumPy's
+    ``saved + (−α·d)`` bit for bit."""
+    be = backends.current()
+    if isinstance(saved, _Saved) and not saved.ready:
+        if alpha == 0.0:  # θ stays where it is
+            saved.copy_now()
+            return
+        arrays = []
+        for t, d in zip(targets, dirs):
+            tv, dv = _kernel_view(t), _kernel_view(d, t.dtype)
+            s = np.empty_like(t)
+            if tv is None or dv is None:
+                s[...] = t
+                _place_numpy(t, s, alpha, d)
+            else:
+                be.probe_save(tv, dv, alpha, s.reshape(-1))  # s = θ; θ ← θ − α·d (one pass)
+            arrays.append(s)
+        saved.arrays = arrays
+        return
     if alpha == 0.0:
         for t, s in zip(targets, saved):
             t[...] = s
         return
     for t, s, d in zip(targets, saved, dirs):
-        np.multiply(d, -alpha, out=t)  # −α·d, rounded once (negation is exact)
-        t += s  # s + (−α·d) == s − α·d bit for bit
+        tv, sv, dv = _kernel_view(t), _kernel_view(s, t.dtype), _kernel_view(d, t.dtype)
+        if tv is None or sv is None or dv is None:
+            _place_numpy(t, s, alpha, d)
+        else:
+            be.probe(sv, dv, alpha, tv)
+
+
+def _place_numpy(t, s, alpha, d):
+    np.multiply(d, -alpha, out=t)  # −α·d, rounded once (negation is exact)
+    t += s  # s + (−α·d) == s − α·d bit for bit
 
 
 def _restore(targets, saved):
+    if isinstance(saved, _Saved) and not saved.ready:
+        return  # θ was never moved
     for t, s in zip(targets, saved):
         t[...] = s
 
@@ -387,7 +466,7 @@ def find_plr(closure, params, alpha0=DEFAULT_ALPHA0, max_evals=DEFAULT_MAX_EVALS
             0, alpha0, g0, 0,
         )
     targets, grads, _ = _working_arrays(ps, grads)
-    saved = [t.copy() for t in targets]
+    saved = _save(targets)
 
     def g_at(alpha):
         _place(targets, saved, alpha, grads)
@@ -484,7 +563,7 @@ class QLABGrad(Optimizer):
             self._finish_step(record)
             return loss
 
-        saved = [t.copy() for t in targets]  # θ_{t−1}, kept to compute every point from
+        saved = _save(targets)  # θ_{t−1}, kept to compute every point from (saved by the first _place)
 
         def g_at(alpha):  # Eq. (3): g(α) = L(θ_{t−1} − α∇L(θ_{t−1})), one probe forward
             _place(targets, saved, alpha, grads)
@@ -692,7 +771,7 @@ class QLAB(Optimizer):
             return loss
 
         targets = [p.data for p in params]
-        saved = [t.copy() for t in targets]
+        saved = _save(targets)
 
         def g_at(alpha):  # g(α) = L(θ − αV), one probe forward
             _place(targets, saved, alpha, dirs)

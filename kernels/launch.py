@@ -1,0 +1,96 @@
+"""Device selection and launch helpers shared by the host wrappers (NumPy + Numba only).
+
+``device="cpu"`` runs the Numba CPU kernels of ``cpu.py``. ``device="cuda"`` needs the
+``numba-cuda`` package (``pip install 'qlabref[cuda]'``) and either a CUDA GPU or Numba's CUDA
+simulator (``NUMBA_ENABLE_CUDASIM=1`` set before Numba is imported; that is how the kernels are
+tested without a GPU). The CUDA kernel modules (``cuda_matmul.py``, ``cuda_conv.py``, ``cuda_probe.py``) are
+imported only when a CUDA launch is asked for, so ``device="cpu"`` never needs numba-cuda.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import numpy as np
+
+__all__ = [
+    "DEVICES",
+    "CUDA_EXTRA_HINT",
+    "CudaUnavailableError",
+    "cuda_status",
+    "require_cuda",
+    "cuda_module",
+    "check_device",
+    "check_float",
+    "blocks",
+]
+
+DEVICES = ("cpu", "cuda")
+CUDA_EXTRA_HINT = "pip install 'qlabref[cuda]'"
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class CudaUnavailableError(RuntimeError):
+    """``device="cuda"`` was asked for but cannot run here (package missing or no GPU)."""
+
+
+def cuda_status():
+    """``(ok, reason)``: whether CUDA kernels can launch here (a GPU or the simulator), and why not."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        return False, (f"the CUDA kernels need the numba-cuda package, which is not installed: "
+                       f"{CUDA_EXTRA_HINT}")
+    from numba import cuda
+    from numba.core import config
+
+    if config.ENABLE_CUDASIM:  # read by Numba from NUMBA_ENABLE_CUDASIM when it was imported
+        return True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
+    try:
+        available = cuda.is_available()
+    except Exception as e:  # noqa: BLE001 - a broken driver is reported, not raised
+        return False, f"the CUDA driver failed to initialise: {e}"
+    if not available:
+        return False, ("no CUDA GPU was found (numba.cuda.is_available() is False); to run the CUDA kernels "
+                       "without a GPU, set NUMBA_ENABLE_CUDASIM=1 before Numba is imported (the simulator)")
+    return True, f"CUDA GPU: {cuda.get_current_device().name}"
+
+
+def require_cuda():
+    """Raise :class:`CudaUnavailableError` naming what is missing, else return ``numba.cuda``."""
+    ok, reason = cuda_status()
+    if not ok:
+        raise CudaUnavailableError(f"device='cuda': {reason}")
+    from numba import cuda
+
+    return cuda
+
+
+def cuda_module(name):
+    """The CUDA kernel module ``qlabref.kernels.<name>`` after :func:`require_cuda`."""
+    require_cuda()
+    return importlib.import_module(f"{__package__}.{name}")
+
+
+def check_device(device, owner):
+    if device not in DEVICES:
+        raise ValueError(f"{owner}: device must be 'cpu' or 'cuda', got {device!r}")
+    return device
+
+
+def check_float(owner, **arrays):
+    """Every array float32 or float64 and all of one dtype; returns the dtype."""
+    dtypes = set()
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{owner}: {name} must be a NumPy array, got {type(a).__name__}")
+        if a.dtype not in _FLOATS:
+            raise TypeError(f"{owner}: {name} has dtype {a.dtype}; the kernels take float32 or float64")
+        dtypes.add(a.dtype)
+    if len(dtypes) > 1:
+        detail = ", ".join(f"{k} {v.dtype}" for k, v in arrays.items())
+        raise TypeError(f"{owner}: all arrays must have one dtype, got {detail}")
+    return dtypes.pop()
+
+
+def blocks(n, per_block):
+    """⌈n / per_block⌉, at least 1."""
+    return max(1, (int(n) + per_block - 1) // per_block)
