@@ -41,9 +41,12 @@ _LAZY_MODULES = {
     "runplots": "qlabref.runplots",
     "train": "qlabref.train",
     "kernels": "qlabref.kernels",
+    "crosscheck_torch": "qlabref.crosscheck_torch",  # qr.crosscheck's module (imports torch when run)
+    "torch": "qlabref.torch",  # needs PyTorch: not in __all__, so a star import works without it
 }
 _LAZY_NAMES = {
     "trajectory": ("qlabref.trajectory", "trajectory"),
+    "crosscheck": ("qlabref.crosscheck_torch", "crosscheck"),
 }
 
 __all__ = [
@@ -72,7 +75,7 @@ __all__ = [
     "set_backend",
     "get_backend",
     "use_backend",
-    *_LAZY_MODULES,
+    *(m for m in _LAZY_MODULES if m != "torch"),
     *_LAZY_NAMES,
 ]
 

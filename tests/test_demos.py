@@ -24,3 +24,18 @@ def test_torch_crosscheck(torch):
     r = _run(DEMOS / "torch_crosscheck.py", "--steps", "3", "--batch", "4")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "(OK, limit 1e-09)" in r.stdout
+
+
+def test_notebook_qlabgrad_step_by_hand():
+    """The Jupytext notebook runs as a script: one step by hand against opt.last_step (MNIST)."""
+    r = _run(DEMOS / "notebook_qlabgrad_step_by_hand.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all numbers match opt.last_step" in r.stdout
+
+
+@pytest.mark.torch
+def test_notebook_torch_crosscheck(torch):
+    r = _run(DEMOS / "notebook_torch_crosscheck.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "AGREE (Sequential, qlabgrad, float64, 30 steps)" in r.stdout
+    assert "first at step 1" in r.stdout and "same outputs: True" in r.stdout

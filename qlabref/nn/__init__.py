@@ -10,6 +10,7 @@ from .layers import (
     AvgPool2d,
     BatchNorm2d,
     Conv2d,
+    Dropout,
     Flatten,
     Identity,
     Linear,
@@ -34,6 +35,7 @@ __all__ = [
     "AdaptiveAvgPool2d",
     "Flatten",
     "Identity",
+    "Dropout",
     "Sequential",
     "make_rng",
 ]

@@ -23,6 +23,8 @@ __all__ = [
     "batch_norm",
     "relu",
     "flatten",
+    "dropout",
+    "dropout_mask",
     "log_softmax",
     "cross_entropy",
 ]
@@ -117,6 +119,40 @@ def flatten(x, start_dim=1, end_dim=-1):
         raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {xt.shape}")
     shape = xt.shape[:s] + (int(np.prod(xt.shape[s:e + 1])),) + xt.shape[e + 1:]
     return xt.reshape(shape)
+
+
+def dropout_mask(shape, p, dtype, rng):
+    """PyTorch's dropout mask: 1/(1 − p) where an element is kept (probability 1 − p), 0 elsewhere,
+    in ``dtype`` (``keep / (1 − p)`` rounded once, as torch's ``noise.div_(1 − p)``). ``rng``: a NumPy
+    Generator (keep = ``rng.random(shape) >= p``) or a callable ``(shape, p) -> bool array of keeps``."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p!r}")
+    dt = np.dtype(dtype)
+    if p == 1.0:
+        return np.zeros(shape, dtype=dt)
+    keep = rng(tuple(shape), p) if callable(rng) else rng.random(shape) >= p
+    keep = np.asarray(keep)
+    if keep.shape != tuple(shape):
+        raise ValueError(f"dropout: the mask sampler returned shape {keep.shape}, expected {tuple(shape)}")
+    return keep.astype(dt) / dt.type(1.0 - p)
+
+
+def dropout(x, p=0.5, training=True, rng=None, mask=None):
+    """Dropout with an explicit source of randomness: ``x · mask`` with ``mask = dropout_mask(x.shape,
+    p, x.dtype, rng)`` unless ``mask`` is given (to replay one). Identity when not ``training`` or
+    ``p == 0``. The gradient is ``mask`` (the product's backward), so replaying the mask replays the
+    function exactly."""
+    xt = as_tensor(x)
+    if not training or p == 0:
+        return xt
+    if mask is None:
+        if rng is None:
+            raise ValueError("dropout: pass rng (a numpy Generator) or mask; qlabref has no global RNG")
+        mask = dropout_mask(xt.shape, p, xt.dtype, rng)
+    mask = np.asarray(mask)
+    if mask.shape != tuple(xt.shape):
+        raise ValueError(f"dropout: mask has shape {mask.shape}, input has {tuple(xt.shape)}")
+    return xt * Tensor(mask.astype(xt.dtype, copy=False))
 
 
 def log_softmax(x, axis=-1):

@@ -27,6 +27,7 @@ __all__ = [
     "AdaptiveAvgPool2d",
     "Flatten",
     "Identity",
+    "Dropout",
     "Sequential",
     "make_rng",
     "uniform_",
@@ -236,6 +237,44 @@ class Flatten(Module):
 
     def forward(self, x):
         return _located(self, F.flatten, x, self.start_dim, self.end_dim)
+
+
+class Dropout(Module):
+    """PyTorch's ``Dropout(p)``: in training mode each element is zeroed with probability ``p`` and the
+    others are scaled by 1/(1 − p); identity in eval mode.
+
+    The mask comes from an explicit NumPy Generator (``rng=`` or ``seed=``; PyTorch's random stream
+    cannot be reproduced, so the masks differ from torch's for the same seed). Inside
+    ``qr.no_state_update()`` -- an optimizer's probe forward -- the mask of the last training forward
+    is reused and the generator does not advance: the probe g(ᾱ) sees the same mask as the forward
+    pass, as ``qlabref.torch`` does by replaying torch's RNG state. ``keep_sampler``: optional callable
+    ``(shape, p) -> bool array`` that replaces the generator (``qr.crosscheck`` uses it to draw torch's
+    masks). The generator's state is not part of ``state_dict()``.
+    """
+
+    def __init__(self, p=0.5, *, rng=None, seed=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.rng = make_rng(rng, seed)
+        self.keep_sampler = None
+        self._mask = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        if is_state_update_enabled():
+            self._mask = F.dropout_mask(x.shape, self.p, x.dtype, self.keep_sampler or self.rng)
+        elif self._mask is None or self._mask.shape != tuple(x.shape) or self._mask.dtype != x.dtype:
+            raise RuntimeError(
+                f"{self.path()} (Dropout): a probe forward (inside qr.no_state_update()) reuses the mask of the last "
+                f"training forward, but there is none for an input of shape {tuple(x.shape)}; run the forward pass "
+                "first (an optimizer's closure does)")
+        return F.dropout(x, self.p, True, mask=self._mask)
+
+    def extra_repr(self):
+        return f"p={self.p}"
 
 
 class Identity(Module):

@@ -1,0 +1,379 @@
+"""``qr.crosscheck``: a PyTorch training loop and the reference engine side by side, step by step.
+
+From one initial state (a torch module or a qlabref model: the other side is built with
+``qr.interop.from_torch`` / ``to_torch``, so both hold the same weights and buffers), one batch order
+(``qr.data.batches(X, y, batch_size, seed)``) and one optimizer (``"qlabgrad"``, ``"qlab"``,
+``"qlab-sgd"``, ``"qlab-momentum"``, ``"qlab-adam"`` from ``qlabref.torch`` against ``qr.optim``; or a
+method both libraries have: ``"sgd"``, ``"adam"``, ``"adagrad"``, ``"rmsprop"``, ``"adadelta"``), run N
+steps on each side and compare after every step:
+
+- ``loss``: the minibatch loss at θ_{t−1} (L, Eq. 6),
+- ``probe_loss``: g(ᾱ) (Eq. 8; QLAB methods only),
+- ``alpha_star``: α* (Eq. 10; QLAB methods only; None on both sides counts as equal),
+- ``lr``: α_t, the learning rate used,
+- ``params``: the parameters after the step, max over tensors of max|Δ| / max(|θ_torch|, |θ_ref|),
+- ``buffers``: the module buffers after the step (BatchNorm running statistics, num_batches_tracked),
+  measured the same way.
+
+Every difference is relative: |a − b| / max(|a|, |b|) (0 when both are 0). The verdict names the
+first step and quantity whose difference exceeds ``tol`` (default 1e-9 in float64, 1e-3 in float32:
+the two libraries round float32 differently, and QLABGrad's α* divides by a difference of two losses).
+
+Dropout: the qlabref side's ``qr.nn.Dropout`` layers draw PyTorch's masks (``TorchDropoutSampler``:
+``empty(shape).bernoulli_(1 − p)`` from a generator seeded like torch's global one, which is what
+``F.dropout`` does on the CPU), so a model with dropout is compared mask for mask (CPU only; the global
+torch RNG is seeded for the run and restored afterwards).
+
+``torch_optimizer`` replaces the PyTorch side's optimizer (a callable ``params -> optimizer``), to
+check your own implementation against the reference. Optimizers from ``qlabref.torch`` (and any with
+``closure_forward_only = True``) get a forward-only closure; others get torch's usual closure
+(``zero_grad``, forward, ``backward``, return the loss). If the optimizer has a ``last_step`` dict
+(``loss``, ``probe_loss``, ``alpha_star``, ``lr``), it is compared; otherwise ``lr`` is
+``param_groups[0]["lr"]``.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["crosscheck", "CrosscheckResult", "plot", "TorchDropoutSampler", "QUANTITIES", "METHODS", "DEFAULT_TOL"]
+
+#: the quantities compared after every step, in report order
+QUANTITIES = ("loss", "probe_loss", "alpha_star", "lr", "params", "buffers")
+#: optimizer names accepted by ``crosscheck`` (qlabref.torch / qr.optim pairs, and torch.optim baselines)
+QLAB_METHODS = {"qlabgrad": ("QLABGrad", {}), "qlab": ("QLAB", {}), "qlab-sgd": ("QLAB", {"direction": "sgd"}),
+                "qlab-momentum": ("QLAB", {"direction": "momentum"}), "qlab-adam": ("QLAB", {"direction": "adam"})}
+BASELINES = {"sgd": "SGD", "adam": "Adam", "adagrad": "Adagrad", "rmsprop": "RMSprop", "adadelta": "Adadelta"}
+METHODS = tuple(QLAB_METHODS) + tuple(BASELINES)
+#: default tolerance per dtype
+DEFAULT_TOL = {"float64": 1e-9, "float32": 1e-3}
+
+
+def _rel(a, b):
+    if a is None and b is None:
+        return 0.0
+    if a is None or b is None:
+        return math.inf
+    a, b = float(a), float(b)
+    if a == b:
+        return 0.0
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return math.inf
+    return abs(a - b) / max(abs(a), abs(b))
+
+
+def _rel_arrays(pairs):
+    worst = 0.0
+    for a, b in pairs:
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        scale = max(np.max(np.abs(a), initial=0.0), np.max(np.abs(b), initial=0.0))
+        diff = np.max(np.abs(a - b), initial=0.0)
+        if diff == 0.0:
+            continue
+        worst = max(worst, math.inf if not np.isfinite(diff) or scale == 0.0 else float(diff / scale))
+    return worst
+
+
+@dataclass
+class CrosscheckResult:
+    """Per-step numbers of both sides and their relative differences (``rows``), and the verdict."""
+
+    dtype: str
+    optimizer: str
+    steps: int
+    tol: float
+    rows: list = field(default_factory=list)
+    model_name: str = "model"
+
+    @property
+    def first_failure(self):
+        """``(step, quantity, difference)`` of the first difference above ``tol``, else None."""
+        for r in self.rows:
+            for q in QUANTITIES:
+                d = r[f"d_{q}"]
+                if not d <= self.tol:
+                    return r["step"], q, d
+        return None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_failure is None
+
+    def max_diffs(self) -> dict:
+        """The largest relative difference of each quantity over all steps."""
+        return {q: max((r[f"d_{q}"] for r in self.rows), default=0.0) for q in QUANTITIES}
+
+    def verdict(self) -> str:
+        """One line: agreement, or the first step and quantity whose difference exceeds ``tol``."""
+        where = f"{self.model_name}, {self.optimizer}, {self.dtype}, {len(self.rows)} steps"
+        fail = self.first_failure
+        if fail is None:
+            md = self.max_diffs()
+            q = max(md, key=md.get)
+            return (f"AGREE ({where}): largest relative difference {md[q]:.2e} ({q}) <= tol {self.tol:.0e}")
+        step, q, d = fail
+        return f"DIFFER ({where}): first at step {step}: {q} differs by {d:.2e} > tol {self.tol:.0e}"
+
+    def table(self) -> str:
+        """Per-step relative differences, one line per step."""
+        head = f"{'step':>4} {'loss':>10} " + " ".join(f"{'d_' + q:>12}" for q in QUANTITIES)
+        lines = [head]
+        for r in self.rows:
+            lines.append(f"{r['step']:>4} {r['loss_torch']:>10.6f} " +
+                         " ".join(f"{r['d_' + q]:>12.3e}" for q in QUANTITIES))
+        return "\n".join(lines)
+
+    def to_csv(self, path):
+        """All per-step numbers (both sides and the differences) as CSV; returns the path."""
+        path = os.fspath(path)
+        keys = list(self.rows[0]) if self.rows else ["step"]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["dtype", *keys])
+            w.writeheader()
+            for r in self.rows:
+                w.writerow({"dtype": self.dtype, **r})
+        return path
+
+
+def plot(results, path=None, title=None):
+    """Figure: the relative difference of each quantity against the step, one panel per result
+    (e.g. float64 and float32), with the tolerance as a dashed line. Differences that are exactly 0
+    are drawn at the bottom edge (marked "exact"). Returns the figure (saved to ``path`` if given)."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    results = [results] if isinstance(results, CrosscheckResult) else list(results)
+    fig, axes = plt.subplots(1, len(results), figsize=(6.0 * len(results), 4.2), squeeze=False)
+    markers = dict(zip(QUANTITIES, "os^vDx"))
+    for ax, res in zip(axes[0], results):
+        vals = [r[f"d_{q}"] for r in res.rows for q in QUANTITIES if 0 < r[f"d_{q}"] < math.inf]
+        floor = min(min(vals, default=res.tol) / 10.0, res.tol / 1e3, 1e-17)
+        steps = [r["step"] for r in res.rows]
+        for q in QUANTITIES:
+            ys = [r[f"d_{q}"] for r in res.rows]
+            ys = [floor if y == 0 else (1.0 if y == math.inf else y) for y in ys]
+            ax.semilogy(steps, ys, marker=markers[q], ms=4, lw=1, label=q)
+        ax.axhline(res.tol, ls="--", color="k", lw=1, label=f"tol {res.tol:.0e}")
+        ax.axhline(floor, ls=":", color="grey", lw=0.8)
+        ax.text(steps[0] if steps else 0, floor, " exact (0)", va="bottom", fontsize=7, color="grey")
+        ax.set_xlabel("step t")
+        ax.set_ylabel("relative difference, PyTorch vs qlabref")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        fail = res.first_failure
+        ax.set_title(f"{res.model_name}, {res.optimizer}, {res.dtype}: " +
+                     ("agree" if fail is None else f"first difference at step {fail[0]} ({fail[1]})"), fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+        ax.grid(True, which="major", alpha=0.3)
+    fig.suptitle(title or "PyTorch vs qlabref reference engine, per step", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=120)
+        plt.close(fig)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- runner
+def _torch_dtype(torch, dtype):
+    return {"float32": torch.float32, "float64": torch.float64}[dtype]
+
+
+def _make_models(model, dtype, device):
+    """(torch module, qlabref model) with identical weights and buffers, in ``dtype``."""
+    import torch
+
+    from . import interop
+    from .nn.module import Module
+
+    if isinstance(model, torch.nn.Module):
+        tm = copy.deepcopy(model)
+    elif isinstance(model, Module):
+        tm = interop.to_torch(model)
+    else:
+        raise TypeError(f"crosscheck: model must be a torch.nn.Module or a qr.nn.Module, got {type(model).__name__}")
+    tm = tm.to(dtype=_torch_dtype(torch, dtype))
+    qm = interop.from_torch(tm)  # reads the weights before they move to the device
+    tm = tm.to(device)
+    return tm, qm
+
+
+def _make_optimizers(name, tparams, qparams, options, torch_optimizer):
+    import torch
+
+    from . import optim
+    from . import torch as qt
+
+    key = str(name).lower()
+    if key not in METHODS:
+        raise ValueError(f"crosscheck: unknown optimizer {name!r}; choose from {', '.join(METHODS)}")
+    options = dict(options or {})
+    if key in QLAB_METHODS:
+        cls, extra = QLAB_METHODS[key]
+        qo = getattr(optim, cls)(qparams, **extra, **options)
+        to = torch_optimizer(tparams) if torch_optimizer else getattr(qt, cls)(tparams, **extra, **options)
+    else:
+        if "lr" not in options:
+            raise ValueError(f"crosscheck: optimizer {name!r} needs a learning rate: options={{'lr': ...}}")
+        qo = optim.get(key, qparams, **options)
+        to = torch_optimizer(tparams) if torch_optimizer else getattr(torch.optim, BASELINES[key])(tparams, **options)
+    return to, qo
+
+
+def _loss_fns(loss):
+    import torch
+
+    from . import ops
+
+    if loss == "cross_entropy":
+        return torch.nn.functional.cross_entropy, ops.cross_entropy
+    if isinstance(loss, tuple) and len(loss) == 2 and all(callable(f) for f in loss):
+        return loss
+    raise ValueError(f"crosscheck: loss must be 'cross_entropy' or a pair (torch_fn, qlabref_fn) of callables "
+                     f"(logits, targets) -> scalar loss, got {loss!r}")
+
+
+class TorchDropoutSampler:
+    """A ``keep_sampler`` for ``qr.nn.Dropout`` that draws the masks PyTorch's CPU dropout draws:
+    ``torch.empty(shape, dtype).bernoulli_(1 − p, generator=generator)``."""
+
+    def __init__(self, generator, dtype):
+        self.generator, self.dtype = generator, dtype
+
+    def __call__(self, shape, p):
+        import torch
+
+        keep = torch.empty(shape, dtype=self.dtype).bernoulli_(1.0 - p, generator=self.generator)
+        return keep.numpy() != 0
+
+
+def _paired_buffers(tm, qm):
+    """The names of the torch module's buffers and of ours, paired (kuangliu names translated)."""
+    from . import interop
+
+    qb = dict(qm.named_buffers())
+    pairs = []
+    for name, b in tm.named_buffers():
+        key = next(iter(interop.translate_keys({name: 0}, set(qb))))
+        if key not in qb:
+            raise ValueError(f"crosscheck: the torch module's buffer '{name}' has no counterpart in the qlabref model")
+        qb.pop(key)
+        pairs.append((name, key))
+    if qb:
+        raise ValueError(f"crosscheck: the qlabref model's buffers {sorted(qb)} have no counterpart in the torch module")
+    return pairs
+
+
+def crosscheck(model, X, y, *, optimizer="qlabgrad", steps=20, batch_size=32, seed=0, dtype="float64",
+               options=None, tol=None, loss="cross_entropy", torch_optimizer=None, device="cpu", model_name=None,
+               callback=None):
+    """Run the PyTorch loop and the qlabref loop side by side for ``steps`` steps (module docstring).
+
+    ``model``: a ``torch.nn.Module`` (supported by ``qr.interop.from_torch``) or a qlabref model
+    (supported by ``to_torch``); it is copied, never trained in place. ``X``, ``y``: the data (NumPy
+    arrays or torch tensors; ``y`` integer class labels for ``loss="cross_entropy"``), drawn in the
+    order of ``qr.data.batches(X, y, batch_size, seed)``. ``dtype``: ``"float64"`` or ``"float32"`` for
+    both sides (X is cast to it). ``options``: keyword arguments of the optimizer, on both sides.
+    ``callback(row)`` is called after every step. Returns a :class:`CrosscheckResult`.
+    """
+    import torch
+
+    from .nn.layers import Dropout
+
+    if dtype not in DEFAULT_TOL:
+        raise ValueError(f"crosscheck: dtype must be 'float64' or 'float32', got {dtype!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"crosscheck: steps must be an integer >= 1, got {steps!r}")
+    tol = DEFAULT_TOL[dtype] if tol is None else float(tol)
+    if not tol > 0:
+        raise ValueError(f"crosscheck: tol must be > 0, got {tol!r}")
+    X = X.detach().cpu().numpy() if torch.is_tensor(X) else np.asarray(X)
+    y = y.detach().cpu().numpy() if torch.is_tensor(y) else np.asarray(y)
+    if not np.issubdtype(X.dtype, np.number):
+        raise TypeError(f"crosscheck: X must be numeric, got dtype {X.dtype}")
+    X = X.astype(dtype, copy=False)
+    if loss == "cross_entropy":
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"crosscheck: y must hold integer class labels for cross_entropy, got dtype {y.dtype}")
+        y = y.astype(np.int64, copy=False)
+    tloss, qloss = _loss_fns(loss)
+    tm, qm = _make_models(model, dtype, device)
+    tparams = [p for p in tm.parameters() if p.requires_grad]
+    qparams = qm.parameters()
+    to, qo = _make_optimizers(optimizer, tparams, qparams, options, torch_optimizer)
+
+    drops = [m for m in qm.modules() if isinstance(m, Dropout) and m.p > 0]
+    if drops and torch.device(device).type != "cpu":
+        raise ValueError("crosscheck: a model with dropout can be compared only on the CPU (PyTorch's CUDA dropout "
+                         "masks cannot be reproduced)")
+    with torch.random.fork_rng(devices=[]):
+        if drops:
+            torch.manual_seed(seed)
+            sampler = TorchDropoutSampler(torch.Generator().manual_seed(seed), _torch_dtype(torch, dtype))
+            for m in drops:
+                m.keep_sampler = sampler
+        return _loop(result_args=(dtype, optimizer, steps, tol, model_name or type(model).__name__), X=X, y=y,
+                     batch_size=batch_size, seed=seed, tm=tm, qm=qm, to=to, qo=qo, tparams=tparams, qparams=qparams,
+                     tloss=tloss, qloss=qloss, device=device, callback=callback)
+
+
+def _loop(result_args, X, y, batch_size, seed, tm, qm, to, qo, tparams, qparams, tloss, qloss, device, callback):
+    import torch
+
+    from . import data
+    from . import torch as qt
+    from .tensor import Tensor
+
+    dtype, optimizer, steps, tol, model_name = result_args
+    forward_only = isinstance(to, qt._QLABBase) or getattr(to, "closure_forward_only", False)
+    buffer_names = _paired_buffers(tm, qm)
+    order = data.batches(X, y, batch_size, seed=seed)
+    result = CrosscheckResult(dtype=dtype, optimizer=str(optimizer), steps=int(steps), tol=tol,
+                              model_name=model_name)
+    for t in range(1, int(steps) + 1):
+        xb, yb = next(order)
+        xt, yt = torch.from_numpy(np.ascontiguousarray(xb)).to(device), torch.from_numpy(np.ascontiguousarray(yb))
+        yt = yt.to(device)
+        xq = Tensor(np.ascontiguousarray(xb))
+
+        if forward_only:
+            def tclosure():
+                return tloss(tm(xt), yt)
+        else:
+            def tclosure():
+                to.zero_grad()
+                out = tloss(tm(xt), yt)
+                out.backward()
+                return out
+        tret = to.step(tclosure)
+        qret = qo.step(lambda: qloss(qm(xq), yb))
+        ts = dict(getattr(to, "last_step", None) or {})
+        qs = dict(qo.last_step or {})
+        tl = ts.get("loss", float(tret.detach()) if torch.is_tensor(tret) else tret)
+        ql = qs.get("loss", float(qret) if qret is not None else None) if ts else float(qret)
+        if ts:  # both report α_t in last_step
+            tlr, qlr = ts.get("lr"), qs.get("lr")
+        else:  # a torch.optim method: compare the learning rates of the groups
+            tlr, qlr = to.param_groups[0].get("lr"), qo.param_groups[0].get("lr")
+        row = dict(step=t, loss_torch=tl, loss_ref=ql, probe_loss_torch=ts.get("probe_loss"),
+                   probe_loss_ref=qs.get("probe_loss"), alpha_star_torch=ts.get("alpha_star"),
+                   alpha_star_ref=qs.get("alpha_star"), lr_torch=tlr, lr_ref=qlr)
+        row["d_loss"] = _rel(tl, ql)
+        row["d_probe_loss"] = _rel(row["probe_loss_torch"], row["probe_loss_ref"])
+        row["d_alpha_star"] = _rel(row["alpha_star_torch"], row["alpha_star_ref"])
+        row["d_lr"] = _rel(tlr, qlr)
+        row["d_params"] = _rel_arrays((p.detach().cpu().numpy(), q.data) for p, q in zip(tparams, qparams))
+        tb, qb = dict(tm.named_buffers()), dict(qm.named_buffers())  # BatchNorm may replace its arrays
+        row["d_buffers"] = _rel_arrays((tb[a].detach().cpu().numpy(), qb[b]) for a, b in buffer_names)
+        result.rows.append(row)
+        if callback is not None:
+            callback(row)
+    return result
