@@ -8,6 +8,25 @@ quick and never needs torch or numba-cuda.
 from __future__ import annotations
 
 import importlib
+import os as _os
+
+
+def _find_kernels_in_source_checkout():
+    """``qlabref.kernels`` is the top-level ``kernels/`` folder, mapped in by ``package_dir`` when the
+    project is installed. When this ``qlabref`` is imported straight from a source checkout (``python
+    -m qlabref`` run in the repository, which puts the checkout first on ``sys.path``), there is no
+    ``qlabref/kernels``: let the package's search path include the checkout's root so that
+    ``qlabref.kernels`` resolves to ``kernels/`` there as well."""
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    root = _os.path.dirname(here)
+    if _os.path.isdir(_os.path.join(here, "kernels")):
+        return  # installed (or a layout with qlabref/kernels): nothing to do
+    if _os.path.isfile(_os.path.join(root, "kernels", "__init__.py")) and _os.path.isfile(
+            _os.path.join(root, "setup.cfg")):
+        __path__.append(root)  # noqa: F821 - the package's own __path__
+
+
+_find_kernels_in_source_checkout()
 
 from .backends import get_backend, set_backend, use_backend
 from .autograd import enable_grad, is_grad_enabled, no_grad, no_state_update

@@ -96,3 +96,18 @@ def test_star_import_and_every_advertised_name_resolves():
     namespace = {}
     exec("from qlabref import *", namespace)
     assert "nn" in namespace and "models" in namespace
+
+
+def test_kernels_import_from_a_source_checkout():
+    """`python -m qlabref` run inside the repository imports the checkout's qlabref (not the installed
+    one); qlabref.kernels (the top-level kernels/ folder) must still resolve there."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, "-c", "import qlabref.kernels as k, qlabref; print(k.__file__); "
+                          "print(qlabref.__file__)"], cwd=root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    kfile, qfile = res.stdout.split()
+    assert pathlib.Path(kfile).name == "__init__.py" and pathlib.Path(kfile).parent.name == "kernels"
