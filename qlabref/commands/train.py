@@ -25,27 +25,10 @@ DESCRIPTION = (
 MAX_ITERS = 10_000_000
 
 
-def _pos_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise __import__("argparse").ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise __import__("argparse").ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _nonneg_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise __import__("argparse").ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise __import__("argparse").ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
 def add_arguments(parser):
+    from . import _args
+
+    _pos_int = _args.positive_int()
     parser.add_argument("--model", choices=["mlp", "cnn", "resnet18"], default=None,
                         help="mlp (784-1000-1000-10), cnn (the paper's MNIST CNN), resnet18 (default mlp)")
     parser.add_argument("--data", choices=["mnist", "cifar10", "tiny-imagenet"], default=None,
@@ -60,9 +43,10 @@ def add_arguments(parser):
                         help="learning-rate schedule stepped after every optimizer step (every=K: every K steps): "
                         "e-decay gamma=0.5 every=938 | ss-decay step_size=T gamma=0.5 | ca-decay T_max=N eta_min=1e-3 "
                         "| r-decay k=0.01")
-    parser.add_argument("--iters", type=_pos_int, default=None, help="number of iterations (default 30000)")
+    parser.add_argument("--iters", type=_args.positive_int(MAX_ITERS), default=None,
+                        help=f"number of iterations (default 30000, at most {MAX_ITERS})")
     parser.add_argument("--batch", type=_pos_int, default=None, help="minibatch size (default 64)")
-    parser.add_argument("--seed", type=_nonneg_int, default=None, help="seed of the weights and the data order (default 0)")
+    parser.add_argument("--seed", type=_args.seed, default=None, help="seed of the weights and the data order (default 0)")
     parser.add_argument("--eval-every", type=_pos_int, default=None, help="test loss/accuracy every K steps (default 1000)")
     parser.add_argument("--checkpoint-every", type=_pos_int, default=None,
                         help="checkpoint every K steps (default: --eval-every)")
@@ -84,8 +68,6 @@ def _config_from_args(args):
         value = getattr(args, key)
         if value is not None:
             config[key] = value
-    if args.iters is not None and args.iters > MAX_ITERS:
-        raise UsageError(f"--iters {args.iters} is more than the limit {MAX_ITERS}")
     try:
         if args.opt:
             config["opt"] = train.parse_kv(args.opt, "--opt")
