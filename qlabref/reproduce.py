@@ -300,7 +300,19 @@ def run_grid(grid, runs_dir, results_dir, jobs=None, quick=False, methods=None, 
     for run_id, cfg in runs:
         run_dir = os.path.join(grid_dir, run_id)
         st = _status(run_dir)
-        if st in DONE and os.path.isfile(os.path.join(rec_dir, f"{run_id}.json")):
+        rec_path = os.path.join(rec_dir, f"{run_id}.json")
+        if st is None and os.path.isfile(rec_path):
+            # the committed record of a run done elsewhere (another session or machine; run directories
+            # are not committed): it is complete, never re-run
+            try:
+                with open(rec_path) as f:
+                    st = json.load(f)["summary"]["status"]
+            except (OSError, ValueError, KeyError):
+                st = None
+            if st in DONE:
+                statuses[run_id] = st
+                continue
+        if st in DONE and os.path.isfile(rec_path):
             statuses[run_id] = st
             continue
         todo.append((run_id, cfg, run_dir))

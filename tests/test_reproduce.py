@@ -70,6 +70,12 @@ def test_quick_grid_is_resumable(quick_grid):
     n = len(reproduce.METHODS)
     assert f"{n} already done, 0 to run" in res.stderr
     assert steps.stat().st_mtime_ns == mtime
+    # a committed record counts as done even where its run directory is gone (a new checkout)
+    import shutil
+
+    shutil.rmtree(runs / "mnist-mlp-quick" / "sgd-s0")
+    st = reproduce.run_grid("mnist-mlp", str(runs), str(results), quick=True, methods=["sgd"], progress=False)
+    assert st == {"sgd-s0": "finished"} and not (runs / "mnist-mlp-quick" / "sgd-s0").exists()
 
 
 @pytest.mark.slow
