@@ -84,9 +84,8 @@ class _TorchLike(Optimizer):
                 state = self.state.setdefault(p, {})
                 theta = p.data
                 new_theta, g_used, base_lr = self._update(theta, p.grad, state, group)
-                g_sq += float(np.sum(g_used * g_used))
-                diff = new_theta - theta
-                d_sq += float(np.sum(diff * diff))
+                g_sq += _sq_norm(g_used)  # diagnostics: one BLAS dot each, no temporaries
+                d_sq += _sq_norm(new_theta - theta)
                 p.data[...] = new_theta
             base_lrs.append(float(base_lr))
         grad_norm = math.sqrt(g_sq)
@@ -102,6 +101,12 @@ class _TorchLike(Optimizer):
     def _update(self, theta, grad, state, group):  # pragma: no cover - abstract
         """Return ``(theta_new, gradient used, this group's scalar lr)``; update ``state`` in place."""
         raise NotImplementedError
+
+
+def _sq_norm(a):
+    """‖a‖² as a float: a BLAS dot of the flat array with itself (no g⊙g temporary, one pass)."""
+    flat = a.reshape(-1)
+    return float(np.dot(flat, flat))
 
 
 def _gradient_used(theta, grad, group):
