@@ -455,6 +455,39 @@ def _time_per_step_one_thread(model, steps, methods=None):
 
 
 # ---------------------------------------------------------------------------------------- results
+def _provenance(recs, quick=False):
+    """The closing table of a results file: for every run the commit of the code that ran it, its wall
+    time and median step time (the machine was shared: wall times include the load), and its command."""
+    if not recs:
+        return []
+    out = ["## Provenance: every run's commit, wall time and command", "",
+           "Each run was produced by `qlabref train` (started by `qlabref reproduce`) at the commit shown; the "
+           "tables above were built from the committed records at the commit named at the top. Wall times were "
+           "measured on a shared 2-core machine running two runs at a time, so they include the load; the time "
+           "per step table is the controlled comparison.", "",
+           "| run | status | commit | wall s | mean ms/step | command (options after `--optimizer`) |",
+           "|---|---|---|---|---|---|"]
+    for rid in sorted(recs, key=lambda r: (_method_order(_method_of(r)), r)):
+        s = recs[rid]["summary"]
+        cmd = s.get("command") or ""
+        if "--resume" in cmd and s.get("config"):  # the last invocation resumed: show the run's own options
+            cmd = "(resumed) " + " ".join(_train_argv(s["config"], s["config"].get("out") or rid)[3:])
+        tail = cmd[cmd.find("--optimizer"):] if "--optimizer" in cmd else cmd
+        tail = ("(resumed) " if cmd.startswith("(resumed)") else "") + tail
+        tps = s.get("time_per_step_ms") or {}
+        med = tps.get("seconds") if isinstance(tps, dict) else None  # mean ms per step over the run
+        wall = s.get("wall_seconds")
+        out.append(f"| {rid} | {s.get('status')} | `{(s.get('git_commit') or '?')[:10]}` | "
+                   f"{f'{wall:.0f}' if wall is not None else '—'} | {f'{med:.1f}' if med is not None else '—'} | "
+                   f"`{tail}` |")
+    out.append("")
+    return out
+
+
+def _method_order(m):
+    return ORDER.index(m) if m in ORDER else len(ORDER)
+
+
 def load_records(results_dir, grid, quick=False):
     rec_dir = os.path.join(results_dir, grid + ("-quick" if quick else ""))
     recs = {}
@@ -667,6 +700,7 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
         L.append("")
         L.append("‡ beyond the paper (not in its comparison).")
         L.append("")
+    L += _provenance(recs, quick)
     total = (wall or 0.0) + (time.time() - t_start)
     L[2] = L[2].replace("WALL", f"{total:.0f}")
     path = os.path.join(results_dir, f"{grid}{suffix}.md")

@@ -57,6 +57,12 @@ def test_quick_grid_writes_tables_and_figures(quick_grid):
         assert float(last[2]) == s["final_test_accuracy"]
         n_steps = 300 if s["status"] == "finished" else s["stopped_at_iter"]
         assert len(rec["curves"]["iter"]) == -(-n_steps // 30)  # the steps recorded, in buckets of 30
+        # provenance: every run's row names the commit its own summary.json recorded and its options
+        with open(runs / "mnist-mlp-quick" / rid / "summary.json") as f:
+            own = json.load(f)
+        row = next(line for line in md.splitlines() if line.startswith(f"| {rid} | {own['status']} | `"))
+        assert f"`{own['git_commit'][:10]}`" in row and f"--optimizer {own['config']['optimizer']} " in row
+    assert "## Provenance" in md
 
 
 @pytest.mark.slow
