@@ -75,7 +75,8 @@ PROBE_COPY_TARGET = 0.8
 PARTS = ("steps", "probe", "qlab")
 
 #: The variables that fix the BLAS/OpenMP thread count of a fresh process.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                    "NUMBA_NUM_THREADS")  # the Numba kernels (parallel=True) use as many threads as BLAS
 
 #: The line of the child's stdout that carries its JSON result.
 CHILD_MARKER = "QLABREF_BENCH_RESULT "

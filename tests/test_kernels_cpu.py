@@ -253,3 +253,34 @@ def test_kernels_never_import_the_rest_of_qlabref():
             else:
                 continue
             assert roots <= allowed, f"{path.name} imports {roots - allowed}"
+
+
+# ------------------------------------------------------------------------------------ thread count
+@pytest.mark.parametrize("env, expected", [
+    ({"OPENBLAS_NUM_THREADS": "1"}, "1"),
+    ({"OMP_NUM_THREADS": "1"}, "1"),
+    ({"OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}, "2"),  # an explicit Numba count wins
+    ({}, "pool"),  # nothing set: Numba's default, one thread per core
+])
+def test_kernels_follow_the_blas_thread_count(env, expected):
+    """In a fresh interpreter, importing the kernels makes the Numba thread count follow the BLAS one
+    (a parallel kernel with more threads than idle cores waits for a descheduled thread)."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    if expected == "2" and (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores for a Numba pool of 2")
+    code = ("import numba; from qlabref.kernels import cpu; "
+            "print(numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(base, **env), capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/tests")
+    assert out.returncode == 0, out.stderr[-2000:]
+    got, pool = out.stdout.split()
+    assert got == (pool if expected == "pool" else expected)
+    # the function itself, on an explicit environment, in this process (and restored)
+    import numba
+    before = numba.get_num_threads()
+    try:
+        assert cpu.follow_blas_threads({"MKL_NUM_THREADS": "1"}) == 1
+        assert cpu.follow_blas_threads({"OMP_NUM_THREADS": "x"}) == 1  # not a count: unchanged
+    finally:
+        numba.set_num_threads(before)
