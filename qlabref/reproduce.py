@@ -365,8 +365,8 @@ def run_grid(grid, runs_dir, results_dir, jobs=None, quick=False, methods=None, 
 
 # ---------------------------------------------------------------------------------------- extras
 def findplr_trace(seeds=range(8), dtypes=("float32", "float64"), alpha0=1e-5, model="mlp", batch=64):
-    """FindPLR (Algorithm 2) from ``alpha0`` at the first step of the MLP on MNIST (the paper's
-    Figure 8: 1e-5 → 0.00128 after 7 iterations), per seed and dtype: the ᾱ found, the doublings and
+    """FindPLR (Algorithm 2) from ``alpha0`` at the first step of ``model`` on MNIST (for the MLP, the
+    paper's Figure 8: 1e-5 → 0.00128 after 7 iterations), per seed and dtype: the ᾱ found, the doublings and
     halvings, and loop 1's test value a2·ᾱ² = g(ᾱ) − g(0) + ᾱ‖∇L‖² at the first probe beside the float
     spacing of the loss there (what decides the number of doublings near 1e-5)."""
     from . import data, models, optim, tensor
@@ -676,9 +676,11 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
               f"![learning rate, {title}]({rel}/lr-{tag}.png)", ""]
 
     if with_findplr:
-        rows = findplr_trace(seeds=range(8) if not quick else range(2))
-        L += ["## FindPLR from 1e-5 (the paper's Figure 8: 1e-5 → 0.00128 after 7 iterations)", "",
-              "FindPLR (Algorithm 2) at the first step of the MLP, on each seed's first minibatch. "
+        rows = findplr_trace(seeds=range(8) if not quick else range(2), model=model)
+        L += [f"## FindPLR from 1e-5 on the {model.upper()} "
+              + ("(the paper's Figure 8: 1e-5 → 0.00128 after 7 iterations)" if model == "mlp" else
+                 "(the paper's Figure 8 shows the MLP only)"), "",
+              f"FindPLR (Algorithm 2) at the first step of the {model.upper()}, on each seed's first minibatch. "
               "`loop-1 test` is a2·ᾱ² = g(ᾱ) − g(0) + ᾱ‖∇L‖² at ᾱ = 1e-5, `ulp(L)` the float spacing of the loss "
               "there: loop 1 doubles while the test is negative.", "",
               "| dtype | seed | ᾱ found | doublings | halvings | probes | L | ‖∇L‖² | loop-1 test at 1e-5 | ulp(L) |",

@@ -112,6 +112,30 @@ def test_dask_localcluster_gives_identical_records(quick_grid, tmp_path):
     assert "partial grid" in open(path).read()
 
 
+@pytest.mark.slow
+def test_cnn_quick_grid(tmp_path, mnist_cache):
+    """The CNN grid's pipeline, small: QLABGrad and SGD on the paper CNN, its tables beside the paper's CNN
+    numbers, the FindPLR trace on the CNN and the time per step."""
+    res = cli("reproduce", "mnist-cnn", "--quick", "--methods", "qlabgrad", "sgd", "--runs-dir", str(tmp_path / "runs"),
+              "--results", str(tmp_path / "results"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    md = (tmp_path / "results" / "mnist-cnn-quick.md").read_text()
+    assert "| 99.18 |" in md and "| 99.09 |" in md  # the paper's CNN column, not the MLP's
+    assert "FindPLR from 1e-5 on the CNN" in md and "| float64 | 1 |" in md
+    assert "Time per step relative to SGD" in md and "| lqa |" in md and "partial grid" in md
+    recs = reproduce.load_records(str(tmp_path / "results"), "mnist-cnn", quick=True)
+    assert set(recs) == {"qlabgrad-s0", "sgd-s0"}
+    from qlabref import models
+
+    n_cnn = sum(p.data.size for p in models.paper_cnn(seed=0).parameters())
+    for rid, rec in recs.items():
+        s = rec["summary"]
+        assert s["config"]["model"] == "cnn" and s["num_parameters"] == n_cnn
+        with open(tmp_path / "runs" / "mnist-cnn-quick" / rid / "evals.csv") as f:
+            last = f.read().strip().splitlines()[-1].split(",")
+        assert float(last[2]) == s["final_test_accuracy"]
+
+
 def test_grid_definition():
     runs = reproduce.grid_runs("mnist-mlp")
     assert len(runs) == len(reproduce.METHODS) * 3
