@@ -26,6 +26,12 @@ The protocol, and every choice where the paper is silent (written into the resul
   iterations; the paper says "by a factor of ½" without the unit); **CA-decay** is cosine annealing
   from 0.1 to the paper's minimum 1e-3 over the 30,000 iterations.
 - "Unfair protocol" group (a separate table): RMSprop and Adam at their customary learning rate 1e-3.
+- "Setting" group: LQA as its authors' code ``LQA_delta`` runs it (``direction="normalized"``: the
+  ∞-normalised direction, probe distance δ = 1 with no epoch schedule, η = min(|η*|, 0.5)); the public
+  QLABGrad script copies that code's helpers, so this is the paper's most likely LQA. The Table 2 row
+  keeps Table 1's formula along the gradient (probe distance = lr = 0.1, no cap).
+- Remedies for QLABGrad (not the paper's algorithm): α_t ≤ ᾱ (Lemma 2's claim), α_t ≤ 10ᾱ, FindPLR every
+  1,000 steps, float64, and α_t ≤ 0.5, the cap of the public training script (its ``min(|α*|, 0.5)``).
 - The paper's CNN is not specified beyond "two 5×5 convolutions, each followed by average pooling,
   fully connected layers, ReLU": we use :func:`qr.models.paper_cnn` (32 and 64 channels, 512 hidden).
 - A run whose loss becomes non-finite stops there (status ``diverged``) and reports the test
@@ -44,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import numpy as np
 
 __all__ = ["GRIDS", "PAPER_TABLE2", "grid_runs", "run_grid", "write_results", "run_summary_record",
-           "findplr_trace", "time_per_step"]
+           "findplr_trace", "findplr_public_code_trace", "time_per_step"]
 
 #: Table 2 of the paper: MNIST test accuracy (%)
 PAPER_TABLE2 = {
@@ -80,6 +86,13 @@ METHODS = {
     "qlabgrad-cap1": ("qlabgrad", {"max_lr_factor": 1.0}, None, "remedy"),
     "qlabgrad-cap10": ("qlabgrad", {"max_lr_factor": 10.0}, None, "remedy"),
     "qlabgrad-f64": ("qlabgrad", {}, None, "remedy"),
+    # Algorithm 1 with the absolute cap α_t ≤ 0.5 of the public training script (PUBLIC_CODE's qlab.py caps
+    # its learning rate with min(|α*|, 0.5)); still a remedy, not the paper's algorithm
+    "qlabgrad-maxlr0.5": ("qlabgrad", {"max_lr": 0.5}, None, "remedy"),
+    # a competitor as its authors' code runs it, where that differs from Table 1's formula: LQA's original
+    # LQA_delta (∞-normalised direction, probe distance δ = 1, η = min(|η*|, 0.5)), which the public QLABGrad
+    # script copies its helpers from -- the paper's most likely LQA
+    "lqa-normalized": ("lqa", {"lr": 0.1, "direction": "normalized"}, None, "setting"),
     # beyond the paper (issue 14): the learning-rate-free methods that followed, with their authors' defaults
     "dog": ("dog", {}, None, "beyond"),
     "dadapt-sgd": ("dadapt-sgd", {}, None, "beyond"),
@@ -93,6 +106,7 @@ OVERRIDES = {"qlabgrad-f64": {"dtype": "float64"}}
 #: the order in which runs are started (QLABGrad and SGD first: they matter most)
 ORDER = ["qlabgrad", "sgd", "adagrad", "hgd", "lqa", "l4gd",
          "qlabgrad-cap1", "qlabgrad-every1000", "qlabgrad-cap10", "qlabgrad-f64", "sgd-ss-decay", "sgd-e-decay", "sgd-ca-decay",
+         "qlabgrad-maxlr0.5", "lqa-normalized",
          "rmsprop", "adam", "rmsprop-lr1e-3", "adam-lr1e-3",
          "prodigy", "schedulefree-sgd", "schedulefree-adamw", "dadapt-adam", "dadapt-sgd", "dog"]
 
@@ -410,10 +424,68 @@ def findplr_trace(seeds=range(8), dtypes=("float32", "float64"), alpha0=1e-5, mo
     return rows
 
 
+#: the public repository whose FindPLR script gives the paper's Figure 8 (see :func:`findplr_public_code_trace`)
+PUBLIC_CODE = "github.com/Eason97/QLABGrad- (commit 24d5447), files Find_plr_training.py and QLABplr.py"
+
+
+def findplr_public_code_trace(seeds=range(8), alpha0=1e-5, batches=50, batch=64, g0=3.0):
+    """What the public script behind the name QLABGrad computes for Figure 8, re-implemented here from
+    its description (:data:`PUBLIC_CODE`; its code is not copied), per seed.
+
+    That script trains nothing: for each of up to ``batches`` minibatches it calls its FindPLR once with
+    the current ᾱ and keeps the returned value. Three things differ from the paper's Algorithm 2:
+
+    1. no backward pass runs before the call, so the model has no gradient and the "probe point"
+       θ − ᾱ∇L is θ itself: g(ᾱ) is the loss at θ (model in eval mode, inputs normalised with MNIST's
+       mean 0.1307 and std 0.3081);
+    2. the term that should be ᾱ‖∇L‖² is ᾱ times the squared norm of the probe point's *parameters*,
+       ‖θ‖² (about 671 for the 784-1000-1000-10 MLP at PyTorch's default initialisation);
+    3. g(0) is the constant 3 passed by the caller (``FindPLR(3, ...)``), not the loss.
+
+    So its test is a2 = L(θ) − 3 + ᾱ‖θ‖²: negative → ᾱ doubles (one doubling per minibatch), else L(θ) > 3 →
+    ᾱ halves, else the function returns nothing and the search ends. Since L(θ) ≈ 2.30 at initialisation,
+    ᾱ doubles while ᾱ < (3 − L)/‖θ‖² ≈ 0.00104, i.e. exactly 7 times from 1e-5, ending at 0.00128 on every
+    seed: Figure 8's numbers. Returns one row per seed: the sequence, the doublings, ‖θ‖², the losses
+    and the threshold (3 − L)/‖θ‖² at the last test.
+    """
+    from . import data, models, no_grad, tensor
+    from .nn import functional as F
+
+    X, y = data.mnist("train")
+    rows = []
+    for seed in seeds:
+        net = models.mlp(seed=seed, dtype=np.float32)
+        net.eval()
+        it = data.batches(X, y, batch, seed=seed)
+        theta_sq = sum(float(np.dot(p.data.reshape(-1).astype(np.float64), p.data.reshape(-1).astype(np.float64)))
+                       for p in net.parameters())
+        alpha, seq, losses, stop = alpha0, [alpha0], [], None
+        for _ in range(batches):
+            idx = it.next_indices()
+            xb = tensor(((X[idx] - np.float32(0.1307)) / np.float32(0.3081)).astype(np.float32))
+            with no_grad():
+                loss = float(F.cross_entropy(net(xb), y[idx]).data)
+            losses.append(loss)
+            a2 = loss - g0 + alpha * theta_sq
+            if a2 < 0:
+                alpha = 2 * alpha
+            elif loss > g0:
+                alpha = alpha / 2
+            else:
+                stop = "returns nothing (a2 ≥ 0 and L ≤ 3): the search ends"
+                break
+            seq.append(alpha)
+        rows.append({"seed": seed, "sequence": seq, "final": seq[-1], "doublings": sum(
+            1 for a, b in zip(seq, seq[1:]) if b > a), "theta_sq_norm": theta_sq, "losses": losses,
+            "threshold": (g0 - losses[-1]) / theta_sq, "stop": stop})
+    return rows
+
+
 def time_per_step(model="mlp", methods=None, steps=60, block=10, seed=0):
     """Time per step of each method relative to SGD, measured in **one process**: the methods take
-    turns in blocks of ``block`` steps on the same batches, so machine load affects them alike.
-    Returns ``{method: {"ms": median ms per step, "ratio": ms / SGD's ms}}``."""
+    turns in blocks of ``block`` steps on the same batches (the order alternating between rounds), so
+    machine load affects them alike. Returns ``{method: {"ms": median over rounds of the block median,
+    "ratio": median over rounds of (block median / SGD's block median in the same round)}}``."""
     from . import data, models, optim, tensor
     from .nn import functional as F
 
@@ -430,18 +502,25 @@ def time_per_step(model="mlp", methods=None, steps=60, block=10, seed=0):
     times = {m: [] for m in methods}
     rounds = max(1, steps // block)
     for r in range(rounds + 1):
-        for m in methods:
+        order = methods if r % 2 else methods[::-1]  # alternate the order, so no method always follows another
+        for m in order:
             net, opt = setups[m]
+            ts = []
             for xb_np, yb in batches:
                 xb = tensor(xb_np)
                 t = time.perf_counter()
                 with np.errstate(all="ignore"):
                     opt.step(lambda: F.cross_entropy(net(xb), yb))
-                if r > 0:  # round 0 is warm-up
-                    times[m].append(time.perf_counter() - t)
-    base = float(np.median(times["sgd"])) if "sgd" in times else None
-    return {m: {"ms": 1000 * float(np.median(ts)), "ratio": (float(np.median(ts)) / base) if base else None}
-            for m, ts in times.items()}
+                ts.append(time.perf_counter() - t)
+            if r > 0:  # round 0 is warm-up
+                times[m].append(float(np.median(ts)))
+    # the ratio of each round's block medians, then the median over rounds: load that changes between rounds
+    # cancels (a method and SGD ran within the same round, seconds apart)
+    out = {}
+    for m, ts in times.items():
+        ratio = float(np.median(np.array(ts) / np.array(times["sgd"]))) if "sgd" in times else None
+        out[m] = {"ms": 1000 * float(np.median(ts)), "ratio": ratio}
+    return out
 
 
 def _time_per_step_one_thread(model, steps, methods=None):
@@ -552,13 +631,20 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
           f"Quick form: {QUICK['iters']} iterations, seed 0, test accuracy on the first {QUICK['test_limit']} test "
           "images. It checks the pipeline, not the paper's numbers.", ""]
 
-    def table(group, title, paper=True):
+    tm = None
+    if with_timing:  # measured first, so that every table can show each method's time per step
+        tm = _time_per_step_one_thread(model=model, steps=30 if quick else 200,
+                                       methods=[m for m in ORDER if METHODS[m][3] in ("paper", "beyond")
+                                                and m in GRIDS[grid]["seeds"]])
+
+    def table(group, title, paper=True, reference=()):
         rows = [m for m in ORDER if METHODS[m][3] == group and m in by_method]
         if not rows:
             return []
+        rows = rows + [m for m in reference if m in by_method]
         out = [f"## {title}", "", "| method | settings | test accuracy % (mean ± sd over seeds) | paper | "
-               "diverged/failed | QLAB fallback α=ᾱ | final train loss (mean of last 100) |",
-               "|---|---|---|---|---|---|---|"]
+               "diverged/failed | QLAB fallback α=ᾱ | final train loss (mean of last 100) | time/step × SGD |",
+               "|---|---|---|---|---|---|---|---|"]
         for m in rows:
             rs = sorted(by_method[m], key=lambda r: r["summary"]["config"]["seed"])
             accs = [r["summary"].get("final_test_accuracy") for r in rs if r["summary"].get("final_test_accuracy") is not None]
@@ -574,12 +660,14 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
                 settings += " + " + " ".join([sched["name"]] + [f"{k}={v}" for k, v in sched.items() if k != "name"])
             if cfg0.get("dtype") == "float64":
                 settings += " (float64)"
-            pv = PAPER_TABLE2[model].get(m) if paper else None
-            out.append(f"| {m} | {settings} | {_fmt_acc(accs)} | {pv if pv is not None else '—'} | "
+            pv = PAPER_TABLE2[model].get(m if METHODS[m][3] != "setting" else METHODS[m][0]) if paper else None
+            ratio = (tm or {}).get(m, {}).get("ratio")
+            name = f"{m} (reference)" if m in reference else m
+            out.append(f"| {name} | {settings} | {_fmt_acc(accs)} | {pv if pv is not None else '—'} | "
                        f"{'; '.join(bad) or '—'} | {(f'{100 * np.mean(fb):.2f}%' if fb else '—')} | "
-                       f"{(f'{np.mean(tl):.4g}' if tl else '—')} |")
+                       f"{(f'{np.mean(tl):.4g}' if tl else '—')} | {f'{ratio:.2f}' if ratio is not None else '—'} |")
         per_seed = []
-        for m in rows:
+        for m in [r for r in rows if r not in reference]:
             for r in sorted(by_method[m], key=lambda r: r["summary"]["config"]["seed"]):
                 s = r["summary"]
                 acc = s.get("final_test_accuracy")
@@ -637,11 +725,13 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
         rel = os.path.relpath(fig_dir, results_dir)
         for f in extra:  # per-step diagnostics drawn from a run's full records (qlabref.runplots.qlab_figure)
             L += [f"![{f[:-4]}]({rel}/{f})", ""]
+    L += table("setting", "A competitor as its authors' code runs it (the paper's most likely setting; Table 1's "
+                          "formula differs)", paper=True)
     L += table("decay", "Decay schedules on SGD (lr 0.1)", paper=False)
     L += table("unfair", "Where the paper's protocol is unfair: RMSprop and Adam at their customary lr 1e-3",
                paper=False)
     L += table("beyond", "Beyond the paper: the learning-rate-free methods that followed (authors' defaults)",
-               paper=False)
+               paper=False, reference=("qlabgrad", "qlabgrad-cap10", "sgd"))
 
     # figures from the downsampled curves
     picks = {"paper": lambda m: METHODS[m][3] == "paper",
@@ -690,11 +780,29 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
                      f"{r['evals']} | {r['loss']:.6g} | {r['grad_sq_norm']:.4g} | {r['loop1_test_at_alpha0']:.3g} | "
                      f"{r['loss_ulp']:.2g} |")
         L.append("")
-    if with_timing:
-        tm = _time_per_step_one_thread(model=model, steps=30 if quick else 100,
-                                       methods=[m for m in ORDER if METHODS[m][3] in ("paper", "beyond")
-                                                and m in GRIDS[grid]["seeds"]])
-        L += ["## Time per step relative to SGD (one process, methods interleaved in blocks of 10 steps, one thread)",
+        if model == "mlp":
+            pub = findplr_public_code_trace(seeds=range(8) if not quick else range(2))
+            finals = sorted({r["final"] for r in pub})
+            dbl = sorted({r["doublings"] for r in pub})
+            L += ["### What gives Figure 8's numbers: the public FindPLR script", "",
+                  f"The public repository named for QLABGrad ({PUBLIC_CODE}) has a FindPLR script whose test is not "
+                  "Algorithm 2's: no backward pass runs before it, so the probe point is θ itself; the term that "
+                  "should be ᾱ‖∇L‖² is ᾱ times the squared norm of the *parameters* θ; and g(0) is the constant 3. "
+                  "Its test is therefore L(θ) − 3 + ᾱ‖θ‖² < 0, one doubling per minibatch, which holds while "
+                  "ᾱ < (3 − L)/‖θ‖² ≈ 0.7/671. Re-implemented from that description (`qr.reproduce."
+                  "findplr_public_code_trace`), it gives on every seed:", "",
+                  "| seed | sequence of ᾱ | doublings | ‖θ‖² at init | threshold (3 − L)/‖θ‖² | why it stops |",
+                  "|---|---|---|---|---|---|"]
+            for r in pub:
+                L.append(f"| {r['seed']} | {' → '.join(f'{a:.3g}' for a in r['sequence'])} | {r['doublings']} | "
+                         f"{r['theta_sq_norm']:.2f} | {r['threshold']:.3g} | {r['stop'] or 'batch limit'} |")
+            L += ["", f"Final ᾱ {', '.join(f'{v:.5g}' for v in finals)} after {', '.join(map(str, dbl))} doublings: "
+                  "Figure 8's 1e-5 → 0.00128 after 7 iterations, on every seed, because 1e-5·2⁶ = 0.00064 and "
+                  "1e-5·2⁷ = 0.00128 bracket the threshold ≈ 0.00104 set by the initialisation's ‖θ‖² ≈ 671 (the "
+                  "minibatch barely matters). Algorithm 2 as printed (the table above) does not give these numbers: "
+                  "in float64 it keeps 1e-5 on every seed, in float32 rounding decides.", ""]
+    if tm:
+        L += ["## Time per step relative to SGD (one process, one thread; methods take turns in blocks of 10 steps, × SGD is the median over rounds of the ratio to SGD's block in the same round)",
               "", "| method | ms per step (median) | × SGD | paper |", "|---|---|---|---|"]
         for m, v in tm.items():
             tag = " ‡" if METHODS[m][3] == "beyond" else ""

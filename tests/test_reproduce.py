@@ -153,3 +153,21 @@ def test_grid_definition():
     bad = cli("reproduce", "mnist-mlp", "--methods", "nope")
     assert bad.returncode == 2 and "unknown nope" in bad.stderr and "Traceback" not in bad.stderr
     assert json.dumps(reproduce.PAPER_TABLE2)  # plain data
+
+
+def test_public_findplr_script_gives_figure_8(mnist_cache):
+    """The public FindPLR script's test (re-implemented from its description) on fresh seeds: the oracles
+    are the paper's Figure 8 (1e-5 → 0.00128 after 7 doublings) and the expected squared norm of the MLP's
+    parameters under PyTorch's default initialisation, U(±1/√fan_in): Σ fan_out·(fan_in + 1)/(3·fan_in)."""
+    import numpy as np
+
+    seeds = list(np.random.default_rng().integers(0, 2**31, size=2))
+    expected_sq = sum(o * (i + 1) / (3 * i) for i, o in ((784, 1000), (1000, 1000), (1000, 10)))
+    for row in reproduce.findplr_public_code_trace(seeds=seeds):
+        assert abs(row["theta_sq_norm"] - expected_sq) < 0.01 * expected_sq, (row["seed"], row["theta_sq_norm"])
+        assert row["doublings"] == 7 and row["final"] == 1e-5 * 2**7 and row["sequence"][0] == 1e-5
+        assert row["stop"] is not None  # the script's search ended by itself, not by the batch limit
+        # each doubling happened while L − 3 + ᾱ‖θ‖² < 0, and the last test was ≥ 0
+        for a, loss in zip(row["sequence"][:-1], row["losses"]):
+            assert loss - 3 + a * row["theta_sq_norm"] < 0
+        assert row["losses"][-1] - 3 + row["final"] * row["theta_sq_norm"] >= 0
