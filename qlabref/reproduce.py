@@ -707,7 +707,13 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
                   "α* is set by rounding, not by curvature. Even where it is not (float64), α* is the exact "
                   "line-search step of *this* nearly solved minibatch along its own gradient, which can be enormous; "
                   "applied to the parameters it throws the next minibatch's loss up by orders of magnitude. Nothing in "
-                  "the printed algorithm bounds α* (Lemma 2's α* ≤ ᾱ does not hold; `qlabref verify`).", ""]
+                  "the printed algorithm bounds α* (Lemma 2's α* ≤ ᾱ does not hold; `qlabref verify`).", "",
+                  f"The public training script named for QLABGrad ({PUBLIC_CODE.split(' (')[0]}, `qlab.py` and "
+                  "`QLAB_traning.py`) does not run Algorithm 1 as printed: it fits the parabola along the ∞-normalised "
+                  "gradient g/max|g| with the probe at the previous learning rate (from 0.1; the v1 paper's QLAB), "
+                  "takes the probe point on a negative α*, and caps the result, α = min(|α*|, 0.5), which it then "
+                  "applies to the raw gradient through `torch.optim.SGD`. With that cap the blow-up above cannot "
+                  "happen; `qlabgrad-maxlr0.5` below is Algorithm 1 with the same cap.", ""]
             for rid, ev in blown:
                 L += [f"**{rid}**, blow-up at iteration {ev['blowup']['iter']}:", "",
                       "| iter | loss L | ‖∇L‖² | a2 | den/ulp | α* | α_t | next loss |", "|---|---|---|---|---|---|---|---|"]
