@@ -549,10 +549,12 @@ def _provenance(recs, quick=False):
     for rid in sorted(recs, key=lambda r: (_method_order(_method_of(r)), r)):
         s = recs[rid]["summary"]
         cmd = s.get("command") or ""
-        if "--resume" in cmd and s.get("config"):  # the last invocation resumed: show the run's own options
-            cmd = "(resumed) " + " ".join(_train_argv(s["config"], s["config"].get("out") or rid)[3:])
+        resumed = "--resume" in cmd and bool(s.get("config"))
+        if resumed:  # the last invocation resumed: show the run's own options
+            cmd = " ".join(_train_argv(s["config"], s["config"].get("out") or rid)[3:])
         tail = cmd[cmd.find("--optimizer"):] if "--optimizer" in cmd else cmd
-        tail = ("(resumed) " if cmd.startswith("(resumed)") else "") + tail
+        if resumed:
+            tail = "(resumed) " + tail
         tps = s.get("time_per_step_ms") or {}
         med = tps.get("seconds") if isinstance(tps, dict) else None  # mean ms per step over the run
         wall = s.get("wall_seconds")
