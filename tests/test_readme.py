@@ -28,3 +28,14 @@ def test_readme_python_block(index, tmp_path, monkeypatch):
         exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "__readme__"})
     if expected is not None:
         assert _norm(buf.getvalue()) == _norm(expected)
+
+
+def test_readme_grid_size_matches_the_code():
+    """The README's one-line description of the MLP grid names how many methods it runs; a method
+    added to `qlabref.reproduce.METHODS` without updating the README fails here."""
+    from qlabref import reproduce
+
+    m = re.search(r"qlabref reproduce mnist-mlp\s+# the grid: every method \((\d+)\) x seeds 0-2", README.read_text())
+    assert m is not None, "README lost its line describing `qlabref reproduce mnist-mlp`"
+    assert int(m.group(1)) == len(reproduce.GRIDS["mnist-mlp"]["seeds"]) == len(reproduce.METHODS)
+    assert all(s == (0, 1, 2) for s in reproduce.GRIDS["mnist-mlp"]["seeds"].values())
