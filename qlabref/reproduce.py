@@ -518,8 +518,11 @@ def time_per_step(model="mlp", methods=None, steps=60, block=10, seed=0):
     # cancels (a method and SGD ran within the same round, seconds apart)
     out = {}
     for m, ts in times.items():
-        ratio = float(np.median(np.array(ts) / np.array(times["sgd"]))) if "sgd" in times else None
-        out[m] = {"ms": 1000 * float(np.median(ts)), "ratio": ratio}
+        out[m] = {"ms": 1000 * float(np.median(ts)), "ratio": None, "ratio_q25": None, "ratio_q75": None}
+        if "sgd" in times:
+            r = np.array(ts) / np.array(times["sgd"])
+            out[m].update(ratio=float(np.median(r)), ratio_q25=float(np.percentile(r, 25)),
+                          ratio_q75=float(np.percentile(r, 75)))
     return out
 
 
@@ -531,6 +534,14 @@ def _time_per_step_one_thread(model, steps, methods=None):
     if proc.returncode != 0:
         raise RuntimeError(f"time_per_step failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _load_average():
+    """The 1-minute load average, or None where the OS has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -635,9 +646,11 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
 
     tm = None
     if with_timing:  # measured first, so that every table can show each method's time per step
+        load = (_load_average(), None)
         tm = _time_per_step_one_thread(model=model, steps=30 if quick else 200,
                                        methods=[m for m in ORDER if METHODS[m][3] in ("paper", "beyond")
                                                 and m in GRIDS[grid]["seeds"]])
+        load = (load[0], _load_average())
 
     def table(group, title, paper=True, reference=()):
         rows = [m for m in ORDER if METHODS[m][3] == group and m in by_method]
@@ -811,13 +824,22 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
                   "in float64 it keeps 1e-5 on every seed, in float32 rounding decides.", ""]
     if tm:
         L += ["## Time per step relative to SGD (one process, one thread; methods take turns in blocks of 10 steps, × SGD is the median over rounds of the ratio to SGD's block in the same round)",
-              "", "| method | ms per step (median) | × SGD | paper |", "|---|---|---|---|"]
+              "", "| method | ms per step (median) | × SGD | × SGD, quartiles over rounds | paper |",
+              "|---|---|---|---|---|"]
         for m, v in tm.items():
             tag = " ‡" if METHODS[m][3] == "beyond" else ""
-            L.append(f"| {m}{tag} | {v['ms']:.2f} | {v['ratio']:.2f} | {PAPER_TIME.get(m, 1.0 if m == 'sgd' else '—')} |")
+            q = (f"{v['ratio_q25']:.2f}–{v['ratio_q75']:.2f}" if v.get("ratio_q25") is not None else "—")
+            L.append(f"| {m}{tag} | {v['ms']:.2f} | {v['ratio']:.2f} | {q} | "
+                     f"{PAPER_TIME.get(m, 1.0 if m == 'sgd' else '—')} |")
         L.append("")
         L.append("‡ beyond the paper (not in its comparison).")
         L.append("")
+        if load[0] is not None:
+            L.append(f"Machine load during the measurement: 1-minute load average {load[0]:.2f} before and "
+                     f"{load[1]:.2f} after, on {os.cpu_count()} cores. Other processes (grid runs) share the "
+                     "machine; load that is steady over a round cancels in the ratios, so the quartiles show "
+                     "how much it did not.")
+            L.append("")
     L += _provenance(recs, quick)
     total = (wall or 0.0) + (time.time() - t_start)
     L[2] = L[2].replace("WALL", f"{total:.0f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -40,7 +41,13 @@ def test_quick_grid_writes_tables_and_figures(quick_grid):
     assert "Beyond the paper" in md and "| prodigy ‡ |" in md
     assert "| qlabgrad-f64-s0 |" in md and "(float64)" in md and "Remedies" in md
     assert "FindPLR from 1e-5" in md and "| float32 | 0 |" in md and "| float64 | 0 |" in md
-    assert "Time per step relative to SGD" in md and "| sgd |" in md
+    assert "Time per step relative to SGD" in md and "| sgd | " in md
+    # SGD against itself: every round's ratio is exactly 1, so median and quartiles are 1.00
+    assert re.search(r"^\| sgd \| [0-9.]+ \| 1\.00 \| 1\.00–1\.00 \| 1\.0 \|$", md, re.M)
+    for med, q25, q75 in re.findall(r"^\| [a-z0-9.-]+(?: ‡)? \| [0-9.]+ \| ([0-9.]+) \| ([0-9.]+)–([0-9.]+) \|", md, re.M):
+        assert float(q25) <= float(med) <= float(q75)
+    if hasattr(os, "getloadavg"):
+        assert "1-minute load average" in md
     assert "at commit" in md and "qlabref reproduce mnist-mlp --quick" in md
     figs = results / "mnist-mlp-quick" / "figures"
     for name in ("loss-methods.png", "lr-methods.png", "loss-decay.png", "lr-decay.png", "loss-beyond.png",
