@@ -728,7 +728,10 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
                   "gradient g/max|g| with the probe at the previous learning rate (from 0.1; the v1 paper's QLAB), "
                   "takes the probe point on a negative α*, and caps the result, α = min(|α*|, 0.5), which it then "
                   "applies to the raw gradient through `torch.optim.SGD`. With that cap the blow-up above cannot "
-                  "happen; `qlabgrad-maxlr0.5` below is Algorithm 1 with the same cap.", ""]
+                  "happen" + ("; `qlabgrad-maxlr0.5` in the remedies table is Algorithm 1 with the same cap."
+                              if "qlabgrad-maxlr0.5" in GRIDS[grid]["seeds"] else
+                              " (the remedies, Algorithm 1 with this cap among them, run on the MLP grid only)."),
+                  ""]
             for rid, ev in blown:
                 L += [f"**{rid}**, blow-up at iteration {ev['blowup']['iter']}:", "",
                       "| iter | loss L | ‖∇L‖² | a2 | den/ulp | α* | α_t | next loss |", "|---|---|---|---|---|---|---|---|"]
