@@ -646,11 +646,11 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
 
     tm = None
     if with_timing:  # measured first, so that every table can show each method's time per step
-        load = (_load_average(), None)
+        load_before = _load_average()
         tm = _time_per_step_one_thread(model=model, steps=30 if quick else 200,
                                        methods=[m for m in ORDER if METHODS[m][3] in ("paper", "beyond")
                                                 and m in GRIDS[grid]["seeds"]])
-        load = (load[0], _load_average())
+        load_after = _load_average()
 
     def table(group, title, paper=True, reference=()):
         rows = [m for m in ORDER if METHODS[m][3] == group and m in by_method]
@@ -837,9 +837,9 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
         L.append("")
         L.append("‡ beyond the paper (not in its comparison).")
         L.append("")
-        if load[0] is not None:
-            L.append(f"Machine load during the measurement: 1-minute load average {load[0]:.2f} before and "
-                     f"{load[1]:.2f} after, on {os.cpu_count()} cores. Other processes (grid runs) share the "
+        if load_before is not None:
+            L.append(f"Machine load during the measurement: 1-minute load average {load_before:.2f} before and "
+                     f"{load_after:.2f} after, on {os.cpu_count()} cores. Other processes (grid runs) share the "
                      "machine; load that is steady over a round cancels in the ratios, so the quartiles show "
                      "how much it did not.")
             L.append("")
