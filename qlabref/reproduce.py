@@ -112,8 +112,12 @@ ORDER = ["qlabgrad", "sgd", "adagrad", "hgd", "lqa", "l4gd",
 
 GRIDS = {
     "mnist-mlp": {"model": "mlp", "seeds": {m: (0, 1, 2) for m in METHODS}},
-    "mnist-cnn": {"model": "cnn", "seeds": {m: ((0, 1, 2) if m in ("qlabgrad", "sgd") else (0,)) for m in METHODS
-                                           if METHODS[m][3] not in ("beyond", "remedy")}},
+    # the CNN: every method of the paper once, QLABGrad and SGD on three seeds, and the remedy the README
+    # recommends (the cap α_t ≤ ᾱ) on the same three seeds as QLABGrad -- as printed, QLABGrad blew up in the
+    # first iterations of seed 1 (α* = 65 at iteration 4) and never recovered
+    "mnist-cnn": {"model": "cnn", "seeds": {m: ((0, 1, 2) if m in ("qlabgrad", "sgd", "qlabgrad-cap1") else (0,))
+                                           for m in METHODS
+                                           if METHODS[m][3] not in ("beyond", "remedy") or m == "qlabgrad-cap1"}},
 }
 QUICK = {"iters": 300, "eval_every": 100, "test_limit": 2000, "seeds": (0,)}
 CURVE_BUCKET = 30
@@ -129,6 +133,10 @@ def grid_runs(grid, quick=False, methods=None, seeds=None):
         unknown = sorted(set(methods) - set(METHODS))
         if unknown:
             raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(ORDER)}")
+        outside = [m for m in ORDER if m in methods and m not in spec["seeds"]]
+        if outside:
+            raise ValueError(f"method(s) {', '.join(outside)} are not part of the {grid} grid; its methods: "
+                             f"{', '.join(m for m in ORDER if m in spec['seeds'])}")
     runs = []
     max_seeds = max(len(s) for s in spec["seeds"].values())
     for rank in range(max_seeds):  # seed 0 of every method first, then seed 1, ...
@@ -270,7 +278,8 @@ def run_summary_record(run_id, run_dir, bucket=CURVE_BUCKET):
 
 def qlab_events(run, dtype="float32", context=6):
     """What preceded a QLABGrad blow-up, from a run's full records: the first step whose minibatch loss
-    exceeds 100× the median of the previous 500 (and 1.0), with the ``context`` steps before it;
+    exceeds 100× the median of the previous 500 (all previous ones in the first 500 steps) and 1.0, with
+    the ``context`` steps before it;
     and the five largest α*. Each row has the loss, ‖∇L‖² = −a1, a2, α*, ᾱ, the fallback flag and
     ``denominator_ulps`` = a2·ᾱ² / ulp(L): Eq. (10)'s denominator g(ᾱ) − L + ᾱ‖∇L‖² in units of the
     loss's rounding spacing (a handful of ulps means α* is rounding noise)."""
@@ -288,8 +297,8 @@ def qlab_events(run, dtype="float32", context=6):
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in vals.items()}
 
     out = {"blowup": None, "largest_alpha_star": []}
-    for i in range(500, len(loss)):
-        med = np.nanmedian(loss[i - 500:i])
+    for i in range(1, len(loss)):  # from the second step: a run can also blow up in its first iterations
+        med = np.nanmedian(loss[max(0, i - 500):i])
         if np.isfinite(loss[i]) and loss[i] > max(100 * med, 1.0) or not np.isfinite(loss[i]):
             out["blowup"] = {"iter": int(it[i]), "rows": [row(j) for j in range(max(0, i - context), min(len(loss), i + 2))]}
             break
@@ -691,7 +700,7 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
         return out
 
     L += table("paper", "Table 2: test accuracy after the last iteration (the paper's protocol)")
-    L += table("remedy", "Remedies for QLABGrad's late blow-up (not the paper's algorithm; same seeds)", paper=False)
+    L += table("remedy", "Remedies for QLABGrad's blow-up (not the paper's algorithm; same seeds)", paper=False)
     qrows = [(m, r) for m in ORDER if m == "qlabgrad" or METHODS[m][3] == "remedy"
              for r in sorted(by_method.get(m, []), key=lambda r: r["summary"]["config"]["seed"])]
     if qrows:
@@ -715,7 +724,7 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
         L.append("")
         blown = [(r["run_id"], r["qlab_events"]) for _, r in qrows if (r.get("qlab_events") or {}).get("blowup")]
         if blown:
-            L += ["### What preceded each blow-up (first minibatch loss > 100× the median of the 500 before it)", "",
+            L += ["### What preceded each blow-up (first minibatch loss > 100× the median of the up to 500 before it)", "",
                   "Eq. (10) is α* = ‖∇L‖²ᾱ² / (2[g(ᾱ) − L + ‖∇L‖²ᾱ]) = ‖∇L‖²/(2a2). Late in training the minibatch "
                   "loss L and ‖∇L‖² are tiny; the denominator a2·ᾱ² is then a difference of two nearly equal loss "
                   "values. `den/ulp` is that denominator in units of the float spacing of L: at a few ulps (or less) "
@@ -730,7 +739,7 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
                   "applies to the raw gradient through `torch.optim.SGD`. With that cap the blow-up above cannot "
                   "happen" + ("; `qlabgrad-maxlr0.5` in the remedies table is Algorithm 1 with the same cap."
                               if "qlabgrad-maxlr0.5" in GRIDS[grid]["seeds"] else
-                              " (the remedies, Algorithm 1 with this cap among them, run on the MLP grid only)."),
+                              " (Algorithm 1 with this cap, `qlabgrad-maxlr0.5`, runs on the MLP grid only)."),
                   ""]
             for rid, ev in blown:
                 L += [f"**{rid}**, blow-up at iteration {ev['blowup']['iter']}:", "",

@@ -154,11 +154,18 @@ def test_grid_definition():
     assert cfg["schedule"] == {"name": "ca-decay", "T_max": 30000, "eta_min": 1e-3}
     assert cfg["opt"] == {"lr": 0.1} and cfg["iters"] == 30000 and cfg["batch"] == 64
     cnn = reproduce.grid_runs("mnist-cnn")
-    assert sum(1 for r, _ in cnn if r.startswith("qlabgrad-")) == 3 and sum(1 for r, _ in cnn if r.startswith("adam-s")) == 1
+    cnn_ids = [r for r, _ in cnn]
+    assert [r for r in cnn_ids if r.startswith("qlabgrad")] == [
+        "qlabgrad-s0", "qlabgrad-cap1-s0", "qlabgrad-s1", "qlabgrad-cap1-s1", "qlabgrad-s2", "qlabgrad-cap1-s2"]
+    assert sum(1 for r in cnn_ids if r.startswith("adam-s")) == 1 and "dog-s0" not in cnn_ids
     with pytest.raises(ValueError, match="unknown method"):
         reproduce.grid_runs("mnist-mlp", methods=["nope"])
+    with pytest.raises(ValueError, match="dog are not part of the mnist-cnn grid"):
+        reproduce.grid_runs("mnist-cnn", methods=["qlabgrad", "dog"])
     bad = cli("reproduce", "mnist-mlp", "--methods", "nope")
     assert bad.returncode == 2 and "unknown nope" in bad.stderr and "Traceback" not in bad.stderr
+    bad = cli("reproduce", "mnist-cnn", "--methods", "dog", "--tables-only")
+    assert bad.returncode == 2 and "dog not in the mnist-cnn grid" in bad.stderr and "Traceback" not in bad.stderr
     assert json.dumps(reproduce.PAPER_TABLE2)  # plain data
 
 

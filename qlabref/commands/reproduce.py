@@ -50,6 +50,10 @@ def run(args) -> int:
         unknown = sorted(set(args.methods) - set(reproduce.METHODS))
         if unknown:
             raise UsageError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(reproduce.ORDER)}")
+        outside = [m for m in reproduce.ORDER if m in args.methods and m not in reproduce.GRIDS[args.grid]["seeds"]]
+        if outside:
+            raise UsageError(f"--methods: {', '.join(outside)} not in the {args.grid} grid; its methods: "
+                             + ", ".join(m for m in reproduce.ORDER if m in reproduce.GRIDS[args.grid]["seeds"]))
     if args.dask is not None:
         try:
             import dask.distributed  # noqa: F401
