@@ -32,6 +32,10 @@ The protocol, and every choice where the paper is silent (written into the resul
   keeps Table 1's formula along the gradient (probe distance = lr = 0.1, no cap).
 - Remedies for QLABGrad (not the paper's algorithm): α_t ≤ ᾱ (Lemma 2's claim), α_t ≤ 10ᾱ, FindPLR every
   1,000 steps, float64, and α_t ≤ 0.5, the cap of the public training script (its ``min(|α*|, 0.5)``).
+  All of them on the MLP (3 seeds each); on the CNN only the recommended one, α_t ≤ ᾱ (3 seeds).
+- Grid sizes: the MLP runs every method on seeds 0, 1, 2. The CNN runs every method of the paper,
+  the decay schedules, the "setting" and "unfair" groups on seed 0, and QLABGrad, SGD and the cap
+  α_t ≤ ᾱ on seeds 0, 1, 2; the beyond-the-paper methods run on the MLP only.
 - The paper's CNN is not specified beyond "two 5×5 convolutions, each followed by average pooling,
   fully connected layers, ReLU": we use :func:`qr.models.paper_cnn` (32 and 64 channels, 512 hidden).
 - A run whose loss becomes non-finite stops there (status ``diverged``) and reports the test
