@@ -115,7 +115,7 @@ def test_qlabgrad_paper_cnn_float64(torch, rng):
 
 def _assert_agreement(torch, worst, per_step, initial, make_model, batches):
     """1e-10 over the run; or, on a chaotic draw, 1e-10 over the first 5 steps and no more than 10× the
-    spread of two reference runs whose initial weights differ in the last bit (see the ResNet test)."""
+    spread of reference runs whose initial weights differ in the last bit (see the ResNet test)."""
     got = max(worst[k] for k in CHECKED)
     if got < REL:
         return
@@ -126,23 +126,37 @@ def _assert_agreement(torch, worst, per_step, initial, make_model, batches):
 
 
 def _own_sensitivity(torch, state_dict, make_model, batches, steps_done):
-    """How far two *reference* runs part when every initial weight differs in its last bit: the
-    trajectory's own amplification of rounding, which bounds how closely any second implementation
-    (summing in another order) can follow it."""
-    runs = []
-    for bump in (0.0, 2.0**-52):
+    """How far *reference* runs part when the initial weights differ in their last bit: the trajectory's
+    own amplification of rounding, which bounds how closely any second implementation (summing in
+    another order) can follow it. Measured on the same quantities as the agreement (loss, probe loss,
+    α*, α_t, parameters) and as the largest spread over three perturbations -- every weight × (1 + 2⁻⁵²),
+    and two patterns of random signs × 2⁻⁵³ -- against the unperturbed run. One perturbation alone
+    understates it: on the paper CNN at QLABREF_TEST_SEED=517691745 (where this test once failed) the
+    uniform bump gave a spread of 7.7e-10 (loss and α_t only), the others 3e-9, and the probe loss
+    parts more than the loss."""
+    keys = [k for k in CHECKED if k not in ("params", "buffers")]
+    signs = np.random.default_rng(steps_done)
+
+    def run(perturb):
         qm = make_model()
         interop.load_torch_state_dict(qm, state_dict)
         for p in qm.parameters():
-            p.data *= 1.0 + bump
+            p.data *= perturb(p.data.shape)
         opt = qr.optim.QLABGrad(qm.parameters())
         trace = []
         for xb, yb in batches[:steps_done]:
             opt.step(lambda: qr.cross_entropy(qm(qr.tensor(xb)), yb))
-            trace.append((opt.last_step["loss"], opt.last_step["lr"]))
-        runs.append((trace, [p.data.copy() for p in qm.parameters()]))
-    (ta, pa), (tb, pb) = runs
-    return max(max(_rel(x, y) for a, b in zip(ta, tb) for x, y in zip(a, b)), _max_rel(pa, pb))
+            trace.append([opt.last_step[k] for k in keys])
+        return trace, [p.data.copy() for p in qm.parameters()]
+
+    ta, pa = run(lambda shape: 1.0)
+    spread = 0.0
+    for perturb in (lambda shape: 1.0 + 2.0**-52,
+                    lambda shape: 1.0 + signs.choice([-1.0, 1.0], shape) * 2.0**-53,
+                    lambda shape: 1.0 + signs.choice([-1.0, 1.0], shape) * 2.0**-53):
+        tb, pb = run(perturb)
+        spread = max(spread, max(_rel(x, y) for a, b in zip(ta, tb) for x, y in zip(a, b)), _max_rel(pa, pb))
+    return spread
 
 
 @pytest.mark.slow
@@ -155,7 +169,7 @@ def test_qlabgrad_resnet18_batchnorm_float64(torch, rng):
     trajectory itself is chaotic -- QLABGrad's α* on a 4-image BatchNorm swings the loss between 3 and 8
     -- and amplifies the last-bit differences of two correct implementations (PyTorch and NumPy sum in
     different orders) ~5× per step, past 1e-10 by step 20. Then the test still requires 1e-10 over the
-    first 5 steps, and beyond that no more than 10× the spread of two *reference* runs whose initial
+    first 5 steps, and beyond that no more than 10× the spread of *reference* runs whose initial
     weights differ in the last bit (the trajectory's own sensitivity, measured here)."""
     import qlabref.torch as qt
     import torch_models as tmod
