@@ -79,7 +79,7 @@ def check_central_differences(fn, tensors, seed, rtol=1e-6, h=1e-6):
     """``qr.gradcheck``'s comparison (random weighting w from ``seed``, central differences with step h,
     norm-wise per input) with the rounding floor above added to the relative tolerance:
     ‖autodiff − numerical‖ <= rtol·max(‖autodiff‖, ‖numerical‖) + central_difference_floor.
-    Returns {input index: (error norm, tolerance)}; the caller asserts error < tolerance."""
+    Returns {input index: (error norm, tolerance)}; the caller asserts error <= tolerance (both 0 for an exactly zero gradient)."""
     out = fn(*tensors)
     w = np.random.default_rng(seed).standard_normal(np.shape(out.data))
     terms = Terms(fn, [t.data.copy() for t in tensors], [t.requires_grad for t in tensors])
