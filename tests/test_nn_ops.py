@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import qlabref as qr
 import qlabref.nn.functional as F
+from roundoff import check_central_differences
 
 CONV_CONFIGS = [
     # x shape, w shape, stride, padding
@@ -30,9 +31,14 @@ def _t(a, grad=True):
 @pytest.mark.parametrize("bias", [True, False])
 def test_conv2d_central_differences(rng, xs, ws, stride, padding, bias):
     ins = [_t(rng.standard_normal(xs)), _t(rng.standard_normal(ws))] + ([_t(rng.standard_normal(ws[0]))] if bias else [])
-    errors = qr.gradcheck(lambda *a: F.conv2d(a[0], a[1], a[2] if bias else None, stride, padding), ins,
-                          seed=int(rng.integers(2**31)), raise_on_failure=False)
-    assert max(errors.values()) < 1e-6, errors
+    # relative 1e-6 plus the central-difference rounding floor (tests/roundoff.py): with one output
+    # channel the bias gradient is one sum of 24 weights, which can cancel to ~0 (relative 1e-6 alone:
+    # 7e-3 of 1037 draws above 1 % of the tolerance, a 1/x tail, ~7e-5 per run; with the floor, worst
+    # 0.004 of the tolerance)
+    errors = check_central_differences(lambda *a: F.conv2d(a[0], a[1], a[2] if bias else None, stride, padding), ins,
+                                       seed=int(rng.integers(2**31)))
+    for i, (err, tol) in errors.items():
+        assert err <= tol, (i, err, tol)
 
 
 @pytest.mark.torch

@@ -469,24 +469,32 @@ def qlab_numpy_step(f, grad, theta, st, direction, alpha0=0.01, mu=0.9, betas=(0
 
 @pytest.mark.parametrize("direction", ["sgd", "momentum", "adam"])
 def test_qlab_matches_a_numpy_transcription(rng, direction):
-    """Step by step from the same θ (trajectories of a non-convex function amplify last-bit differences)."""
-    p = qr.tensor(rng.uniform(-4, 4, 2), requires_grad=True)
-    opt = QLAB([p], direction=direction)
-    st, compared = {}, 0
-    for _ in range(25):
-        theta = p.data.copy()
-        expected, lr, L = qlab_numpy_step(himmelblau_np, himmelblau_grad_np, theta, st, direction)
-        opt.step(lambda: himmelblau_tensor(p))
-        r = opt.last_step
-        if r["zero_grad"]:  # landed exactly on a minimum (∇L·V == 0.0): no probe, no step, by design
-            assert r["evals"] == 1 and L < 1e-12 and np.array_equal(p.data, theta)
+    """Step by step from the same θ (trajectories of a non-convex function amplify last-bit differences).
+
+    At least 3 steps are compared; a start from which QLAB falls below L = 1e-6 within fewer steps
+    (QLAB-sgd: 3 of 2975 random starts, so "compared >= 3" on one start failed ~1e-3 of runs) is
+    followed by another fresh start, and every step of every start is compared."""
+    compared = 0
+    for _ in range(10):
+        p = qr.tensor(rng.uniform(-4, 4, 2), requires_grad=True)
+        opt = QLAB([p], direction=direction)
+        st = {}
+        for _ in range(25):
+            theta = p.data.copy()
+            expected, lr, L = qlab_numpy_step(himmelblau_np, himmelblau_grad_np, theta, st, direction)
+            opt.step(lambda: himmelblau_tensor(p))
+            r = opt.last_step
+            if r["zero_grad"]:  # landed exactly on a minimum (∇L·V == 0.0): no probe, no step, by design
+                assert r["evals"] == 1 and L < 1e-12 and np.array_equal(p.data, theta)
+                break
+            assert r["evals"] == 2 and r["direction"] == direction
+            if L > 1e-6:  # far above rounding level (near a minimum g(β) − L is rounding noise)
+                assert r["lr"] == pytest.approx(lr, rel=1e-9)
+                np.testing.assert_allclose(p.data, expected, rtol=1e-9, atol=1e-12)
+                compared += 1
+            st["prev"] = r["lr"]  # keep the oracle on the implementation's path
+        if compared >= 3:
             break
-        assert r["evals"] == 2 and r["direction"] == direction
-        if L > 1e-6:  # far above rounding level (near a minimum g(β) − L is rounding noise)
-            assert r["lr"] == pytest.approx(lr, rel=1e-9)
-            np.testing.assert_allclose(p.data, expected, rtol=1e-9, atol=1e-12)
-            compared += 1
-        st["prev"] = r["lr"]  # keep the oracle on the implementation's path
     assert compared >= 3
 
 
