@@ -170,14 +170,17 @@ def _read(items):
     return [next(values) if isinstance(x, torch.Tensor) else float(x) for x in items]
 
 
-def _place(params, saved, alpha, dirs):
+def _place(params, saved, alpha, dirs, at_saved=False):
     """θ ← saved − α·d in place, as ``saved + (−α·d)``: the reference engine's rounding (one for the
-    product, one for the sum), with three foreach ops per (device, dtype)."""
+    product, one for the sum), with three foreach ops per (device, dtype); two (−α·d, then θ += it)
+    when the caller knows θ still equals ``saved`` bit for bit (``at_saved``: the step's first probe)."""
     groups = _group_index(params)
     with torch.no_grad():
         for ps, ss, ds in _split(groups, params, saved, dirs):
             if alpha == 0.0:
                 torch._foreach_copy_(ps, ss)
+            elif at_saved:
+                torch._foreach_add_(ps, torch._foreach_mul(ds, -alpha))
             else:
                 torch._foreach_copy_(ps, ds)
                 torch._foreach_mul_(ps, -alpha)
@@ -479,13 +482,15 @@ class _QLABBase(torch.optim.Optimizer):
     def _move(self, params, saved, alpha, dirs, kind):
         """θ ← θ_saved − α·d; ``kind`` is ``"probe"`` (a point g(α) is evaluated at) or ``"update"``
         (Algorithm 1, line 8). One method, so a subclass can change it (e.g. to test ``crosscheck``)."""
-        _place(params, saved, alpha, dirs)
+        _place(params, saved, alpha, dirs, at_saved=self.__dict__.pop("_at_saved", False))
 
     def _first_probe(self, closure, params, saved, alpha, dirs, scalars):
         """The step's probe at ``alpha`` along ``dirs``, made before anything is read, then ONE read of
         ``scalars`` (the step's 0-d tensors) and of g(α) together. Returns the floats, g(α) last.
         If the probe raises, the scalars are read first: a non-finite loss or gradient is the cause."""
+        self._at_saved = True  # θ is θ_{t−1} bit for bit: the probe point is one product and one sum
         self._move(params, saved, alpha, dirs, "probe")
+        self.__dict__.pop("_at_saved", None)
         try:
             probe = self._probe(closure)
         except BaseException:
