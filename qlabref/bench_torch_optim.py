@@ -27,12 +27,8 @@ runs this part alone (``--help``).
 from __future__ import annotations
 
 import copy
-import gc
 import os
-import statistics
 import time
-
-import numpy as np
 
 #: (name, model, batch on CUDA, batch on the CPU)
 SETUPS = (
@@ -111,29 +107,15 @@ def lean_step_factory(torch, model, x, y, pre_lr):
 
 
 def _timed(torch, sides, repeats, warmup, device):
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(1 + warmup):
-        for fn in sides.values():
-            fn()
-    sync()
-    order = list(sides)
-    times = {k: [] for k in sides}
-    gc.collect()
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(repeats):
-            for side in (order if r % 2 == 0 else order[::-1]):
-                sync()
-                t0 = time.perf_counter()
-                sides[side]()
-                sync()
-                times[side].append(time.perf_counter() - t0)
-    finally:
-        if was:
-            gc.enable()
-    return {k: {"median": 1e3 * statistics.median(v), "q1": 1e3 * float(np.percentile(v, 25)),
-                "q3": 1e3 * float(np.percentile(v, 75)), "n": len(v)} for k, v in times.items()}
+    """``qlabref.bench``'s interleaved timing; on CUDA every step ends with ``torch.cuda.synchronize()``
+    (inside the timed interval: the step's GPU work is counted, and the next one starts on an idle GPU)."""
+    from .bench import _interleaved
+
+    if device == "cuda":
+        sync = torch.cuda.synchronize
+        sides = {k: (lambda fn=fn: (fn(), sync())) for k, fn in sides.items()}
+        sync()
+    return _interleaved(sides, repeats, warmup)
 
 
 def measure_setup(torch, setup, device, *, batch=None, repeats=None, warmup=None, seed=0, log=None):
@@ -259,6 +241,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--devices", default=None, help="cpu and/or cuda (default: cpu, and cuda where available)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--md", default=None, help="also write the Markdown table to this file")
     args = p.parse_args(argv)
     if args.devices:
         os.environ[DEVICES_VARIABLE] = args.devices
@@ -273,6 +256,9 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(part, f, indent=1)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(f"torch {torch.__version__}; median [quartiles] in ms per step, float32\n\n{text}")
     return 0
 
 

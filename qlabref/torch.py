@@ -67,8 +67,9 @@ from .optim.qlab import (
     FindPLRError,
     FindPLRNonFiniteError,
     FindPLRResult,
+    _after_probe,
+    _findplr_in_step,
     _findplr_loops,
-    _findplr_loops_from_overshoot,
 )
 
 try:
@@ -556,15 +557,11 @@ class QLABGrad(_QLABBase):
         pre_lr = options["pre_lr"]
         self.global_state.update(step=0, pre_lr=pre_lr, findplr_due=pre_lr is None, findplr_runs=0, last_lr=None)
 
-    @property
-    def pre_lr(self):
-        """The current pre-learning rate ᾱ (None before FindPLR has run)."""
-        return self.global_state["pre_lr"]
+    pre_lr = rule.PRE_LR
 
     def step(self, closure=None):
         if closure is None:
-            raise ValueError("QLABGrad.step: needs a closure (forward only, returning the minibatch loss): "
-                             "Algorithm 1 evaluates the loss a second time at θ − ᾱ∇L")
+            raise ValueError(rule.needs_closure_message("QLABGrad"))
         return self._atomic(closure, lambda params, loss, saved: self._step(closure, params, loss, saved))
 
     def _step(self, closure, params, loss_t, saved):
@@ -600,26 +597,13 @@ class QLABGrad(_QLABBase):
             return self._probe_value(closure)
 
         findplr_runs = gs["findplr_runs"]
-        if findplr_due:
-            # Algorithm 2 on this θ and minibatch; its g(0), ∇L are the ones above.
-            start = group["alpha0"] if pre is None else pre
-            res = _findplr_loops(g_at, loss, gsq, start, group["max_evals"], "QLABGrad")
-            pre = res.pre_lr
+        if findplr_due:  # Algorithm 2 on this θ and minibatch (shared with qr.optim)
+            pre, probe = _findplr_in_step(g_at, loss, gsq, group["alpha0"], pre, group["max_evals"], "QLABGrad",
+                                          record)
             findplr_due = False
             findplr_runs += 1
-            probe = res.last_value  # = g(ᾱ) at the returned ᾱ, same θ, same minibatch (Eq. 8)
-            record.update(findplr_ran=True, findplr_evals=res.probes, findplr_doublings=res.doublings,
-                          findplr_halvings=res.halvings)
-            record["evals"] += res.probes
-        else:
-            record["evals"] += 1  # Eq. (8): g(ᾱ), the one extra forward of Algorithm 1
-            if not math.isfinite(probe):
-                # Non-finite probe = overshoot (Lemma 3): Algorithm 2's second loop from ᾱ.
-                record["probe_nonfinite"] = True
-                probe, pre, halvings, n = _findplr_loops_from_overshoot(g_at, loss, pre, group["max_evals"],
-                                                                        "QLABGrad")
-                record["findplr_halvings"] = halvings
-                record["evals"] += n
+        else:  # g(ᾱ) made above (Eq. 8); a non-finite one is an overshoot (shared with qr.optim)
+            pre, probe = _after_probe(g_at, loss, pre, probe, group["max_evals"], "QLABGrad", record)
 
         a2, alpha_star = rule.qlabgrad_fit(loss, gsq, pre, probe)  # Eqs. (9), (10)
         # Algorithm 1, lines 4–7 (fallback α_t = ᾱ), then the optional caps (remedies, qr.optim.QLABGrad)
@@ -713,8 +697,7 @@ class QLAB(_QLABBase):
     def step(self, closure=None):
         owner = type(self).__name__
         if closure is None:
-            raise ValueError(f"{owner}.step: needs a closure (forward only, returning the minibatch loss): QLAB "
-                             "evaluates the loss a second time at θ − βV")
+            raise ValueError(rule.needs_closure_message(owner))
         return self._atomic(closure, lambda params, loss, saved: self._step(closure, params, loss, saved))
 
     def _step(self, closure, params, loss_t, saved):
@@ -747,12 +730,7 @@ class QLAB(_QLABBase):
 
         if not_descent:  # the probe along V is discarded: g(β) along ∇L
             probe = g_at(beta)
-        record["evals"] += 1
-        if not math.isfinite(probe):
-            record["probe_nonfinite"] = True
-            probe, beta, halvings, n = _findplr_loops_from_overshoot(g_at, loss, beta, group["max_evals"], owner)
-            record["findplr_halvings"] = halvings
-            record["evals"] += n
+        beta, probe = _after_probe(g_at, loss, beta, probe, group["max_evals"], owner, record)
 
         a2, alpha_star = rule.qlab_fit(loss, gdotv, beta, probe)  # Eqs. (9), (5)
         lr, fallback, capped = rule.choose_lr(alpha_star, a2, beta, group["max_lr"])  # α* < 0 → α_t = β

@@ -485,15 +485,11 @@ class QLABGrad(Optimizer):
         _check_groups(self)
         self.global_state.update(step=0, pre_lr=pre_lr, findplr_due=pre_lr is None, findplr_runs=0, last_lr=None)
 
-    @property
-    def pre_lr(self):
-        """The current pre-learning rate ᾱ (None before FindPLR has run)."""
-        return self.global_state["pre_lr"]
+    pre_lr = rule.PRE_LR
 
     def step(self, closure=None):
         if closure is None:
-            raise ValueError("QLABGrad.step: needs a closure (forward only, returning the minibatch loss): "
-                             "Algorithm 1 evaluates the loss a second time at θ − ᾱ∇L")
+            raise ValueError(rule.needs_closure_message("QLABGrad"))
         group = self.param_groups[0]
         mode, every = _parse_findplr(group["findplr"], "QLABGrad")
         gs = self.global_state
@@ -525,28 +521,14 @@ class QLABGrad(Optimizer):
 
         try:
             if gs["findplr_due"]:
-                # Algorithm 2 on this θ and minibatch; its g(0), ∇L are the ones above.
-                start = group["alpha0"] if gs["pre_lr"] is None else gs["pre_lr"]
-                res = _findplr_loops(g_at, loss, gsq, start, group["max_evals"], "QLABGrad")
-                gs["pre_lr"] = res.pre_lr
+                gs["pre_lr"], probe = _findplr_in_step(g_at, loss, gsq, group["alpha0"], gs["pre_lr"],
+                                                       group["max_evals"], "QLABGrad", record)
                 gs["findplr_due"] = False
                 gs["findplr_runs"] += 1
-                probe = res.last_value  # = g(ᾱ) at the returned ᾱ, same θ, same minibatch (Eq. 8)
-                record.update(findplr_ran=True, findplr_evals=res.probes, findplr_doublings=res.doublings,
-                              findplr_halvings=res.halvings)
-                record["evals"] += res.probes
             else:
-                pre = gs["pre_lr"]
-                probe = g_at(pre)  # Eq. (8): g(ᾱ), the one extra forward of Algorithm 1
-                record["evals"] += 1
-                if not math.isfinite(probe):
-                    # Non-finite probe = overshoot (Lemma 3): Algorithm 2's second loop from ᾱ.
-                    record["probe_nonfinite"] = True
-                    probe, pre, halvings, n = _findplr_loops_from_overshoot(g_at, loss, pre, group["max_evals"],
-                                                                            "QLABGrad")
-                    gs["pre_lr"] = pre
-                    record["findplr_halvings"] = halvings
-                    record["evals"] += n
+                probe = g_at(gs["pre_lr"])  # Eq. (8): g(ᾱ), the one extra forward of Algorithm 1
+                gs["pre_lr"], probe = _after_probe(g_at, loss, gs["pre_lr"], probe, group["max_evals"], "QLABGrad",
+                                                   record)
         except BaseException:
             _restore(targets, saved)
             raise
@@ -587,6 +569,31 @@ def _findplr_loops_from_overshoot(g_at, g0, alpha, max_evals, owner):
         value = g_at(alpha)  # line 10
         probes += 1
     return value, alpha, halvings, probes
+
+
+def _findplr_in_step(g_at, loss, gsq, alpha0, pre, max_evals, owner, record):
+    """FindPLR inside a QLABGrad step (both engines): Algorithm 2 on this θ and minibatch from the
+    current ᾱ (``alpha0`` before the first run); its g(0), ∇L are the step's. Returns (ᾱ, g(ᾱ)): its
+    last probe is g(ᾱ) at the returned ᾱ, same θ, same minibatch (Eq. 8). Updates ``record``."""
+    start = alpha0 if pre is None else pre
+    res = _findplr_loops(g_at, loss, gsq, start, max_evals, owner)
+    record.update(findplr_ran=True, findplr_evals=res.probes, findplr_doublings=res.doublings,
+                  findplr_halvings=res.halvings)
+    record["evals"] += res.probes
+    return res.pre_lr, res.last_value
+
+
+def _after_probe(g_at, loss, pre, probe, max_evals, owner, record):
+    """After the step's probe g(ᾱ) (Eq. 8; QLAB: g(β)), counted in ``record``: a non-finite probe is an
+    overshoot (Lemma 3), so Algorithm 2's second loop halves ᾱ from there. Returns (ᾱ, g(ᾱ))."""
+    record["evals"] += 1
+    if math.isfinite(probe):
+        return pre, probe
+    record["probe_nonfinite"] = True
+    probe, pre, halvings, n = _findplr_loops_from_overshoot(g_at, loss, pre, max_evals, owner)
+    record["findplr_halvings"] = halvings
+    record["evals"] += n
+    return pre, probe
 
 
 # ------------------------------------------------------------------------- QLAB on a direction V
@@ -665,8 +672,7 @@ class QLAB(Optimizer):
     def step(self, closure=None):
         owner = type(self).__name__
         if closure is None:
-            raise ValueError(f"{owner}.step: needs a closure (forward only, returning the minibatch loss): QLAB "
-                             "evaluates the loss a second time at θ − βV")
+            raise ValueError(rule.needs_closure_message(owner))
         group = self.param_groups[0]
         gs = self.global_state
         t = gs["step"] + 1
@@ -699,12 +705,7 @@ class QLAB(Optimizer):
 
         try:
             probe = g_at(beta)  # Eq. (8) at β = max(α0, α_{t−1})
-            record["evals"] += 1
-            if not math.isfinite(probe):
-                record["probe_nonfinite"] = True
-                probe, beta, halvings, n = _findplr_loops_from_overshoot(g_at, loss, beta, group["max_evals"], owner)
-                record["findplr_halvings"] = halvings
-                record["evals"] += n
+            beta, probe = _after_probe(g_at, loss, beta, probe, group["max_evals"], owner, record)
         except BaseException:
             _restore(targets, saved)
             raise

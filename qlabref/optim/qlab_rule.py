@@ -177,3 +177,17 @@ def nonfinite_gradient_message(owner, gsq, loss):
     """The error for a finite loss whose ‖∇L‖² is NaN/inf (overflow, or a NaN/inf gradient entry)."""
     return (f"{owner}: the gradient at the current parameters is not finite (‖∇L‖² = {gsq}) although the loss is "
             f"{loss}; parameters unchanged")
+
+
+def needs_closure_message(owner):
+    """The error for ``step()`` without a closure: the probe evaluates the loss a second time."""
+    if owner == "QLABGrad":
+        return ("QLABGrad.step: needs a closure (forward only, returning the minibatch loss): Algorithm 1 evaluates "
+                "the loss a second time at θ − ᾱ∇L")
+    return (f"{owner}.step: needs a closure (forward only, returning the minibatch loss): QLAB evaluates the loss a "
+            "second time at θ − βV")
+
+
+#: QLABGrad's ``pre_lr`` property (both engines): ᾱ from ``global_state``
+PRE_LR = property(lambda self: self.global_state["pre_lr"],
+                  doc="The current pre-learning rate ᾱ (None before FindPLR has run).")
