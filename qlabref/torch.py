@@ -3,8 +3,10 @@
 Read :mod:`qlabref.optim.qlab`'s docstring (``python -m pydoc qlabref.optim.qlab``) for the algorithm,
 the edge cases and the paper's ambiguities; this module implements the very same rules on torch
 tensors (CPU or CUDA, float32 or float64), with the same defaults, the same ``last_step`` keys and the
-same exceptions (``qlabref.optim.NonFiniteLossError``, ``qlabref.optim.FindPLRError``). FindPLR's
-loops and the fallback rules are *shared code*, not copies: they come from ``qlabref.optim.qlab``.
+same exceptions (``qlabref.optim.NonFiniteLossError``, ``qlabref.optim.FindPLRError``). The rule
+itself (Eqs. 5-10, Algorithm 1's fallback, the caps, FindPLR's decisions and loops, the records) is
+*shared code*, not a copy: :mod:`qlabref.optim.qlab_rule` and :mod:`qlabref.optim.qlab`. This module
+only moves tensors.
 
 A ten-line loop::
 
@@ -23,9 +25,13 @@ A ten-line loop::
 
 What a probe does not change (the paper's g(ᾱ) is a function of θ on *this* minibatch):
 
-- **Module buffers.** While a probe runs, a global forward pre-hook
-  (``torch.nn.modules.module.register_module_forward_pre_hook``) snapshots the buffers of every module
-  that runs, and they are written back afterwards: BatchNorm ``running_mean``/``running_var`` and
+- **Module buffers.** A global forward pre-hook
+  (``torch.nn.modules.module.register_module_forward_pre_hook``) finds the modules that run in the
+  closure whose forward can write their buffers: training-mode BatchNorm/InstanceNorm with running
+  statistics, and any module of your own that has buffers (its forward is unknown, so it is guarded);
+  no other ``torch.nn`` module. Their buffers are saved before a probe (with one foreach copy per
+  dtype into storage kept between steps; a module seen for the first time is saved by the hook just
+  before it runs) and written back after it: BatchNorm ``running_mean``/``running_var`` and
   ``num_batches_tracked`` are bit for bit as if the probe had not happened. The optimizer needs no
   reference to the model for this. (Buffers changed outside a module's ``forward`` call, e.g. by a
   functional ``F.batch_norm`` on your own tensors, are not seen.)
@@ -34,9 +40,22 @@ What a probe does not change (the paper's g(ᾱ) is a function of θ on *this* m
   in the forward pass; after the step it is left where the main forward left it.
 - **A failed step changes nothing.** If the closure raises (in the forward or in a probe), or the loss
   or the gradient is not finite (``NonFiniteLossError``, raised before the update), the parameters,
-  the optimizer state, the buffers touched by the forward and the RNG state are restored. (Memory:
-  a step holds one copy of the parameters, and QLAB one of its momentum/Adam state, as the reference
-  engine does.)
+  their ``.grad``, the optimizer state, the buffers touched by the forward and the RNG state are
+  restored. (Memory: the optimizer keeps one copy of the parameters between steps, and QLAB one of its
+  momentum/Adam state, refilled every step; the reference engine holds the same copies during a step.)
+
+**Cost of a step.** An ordinary step (no FindPLR, no probe after a non-finite one, nothing
+non-finite) reads the device **once**: L(θ), ‖∇L‖² (QLAB: also ∇L·V) and g(ᾱ) are stacked and read
+with one ``.tolist()``. The probe θ − ᾱ∇L is therefore evaluated *before* the step knows whether ∇L is
+zero or the loss finite; when it turns out that it was not needed (∇L = 0; QLAB: ∇L·V ≤ 0, which
+probes again along ∇L), that forward is discarded and not counted in ``last_step["evals"]``, which
+stays the reference engine's count. Every tensor operation of the optimizer is a ``torch._foreach_*``
+op over all parameter tensors (one per device and dtype): θ saved with one foreach copy, ‖∇L‖² from
+``torch._foreach_norm`` (a NaN/inf anywhere makes it non-finite, so the finiteness check is free;
+which tensor holds the NaN is found only then, for the message), θ − α·d placed with foreach ops. So the
+number of operations the optimizer dispatches does not grow with the number of parameter tensors
+(``tests/test_torch_optim_cost.py`` counts them). FindPLR steps read once per probe (each probe
+decides the next). The RNG needs no device read: see ``_get_rng``.
 
 Parameter groups: there is **one** α for all parameters (‖∇L‖² and ∇L·V are sums over every group,
 as the paper's scalar learning rate requires), so several groups are allowed but must not set
