@@ -154,21 +154,21 @@ class _Mirror:
             _copy_all(self.groups, tensors, self.copies)
 
 
-def _sq_norm(tensors):
+def _sq_norm(tensors, groups=None):
     """Σ x² over all tensors as a 0-d float64 tensor (no device read): ``torch._foreach_norm`` per
     (device, dtype), accumulated in float64. A NaN/inf entry anywhere makes it NaN/inf."""
     norms = []
-    for (ts,) in _split(_group_index(tensors), tensors):
+    for (ts,) in _split(groups or _group_index(tensors), tensors):
         norms.extend(torch._foreach_norm(ts, 2, dtype=torch.float64))
     return _on_one_device(norms).square().sum()
 
 
-def _dot(xs, ys):
+def _dot(xs, ys, groups=None):
     """Σ x·y over all tensor pairs as a 0-d float64 tensor (no device read), with foreach ops only:
     Σ x·y = ‖max(x·y, 0)‖₁ − ‖min(x·y, 0)‖₁, the two 1-norms accumulated in float64 (float64 inputs:
     the products are exact inputs of the same sum; float32: each product is rounded once to float32)."""
     parts = []
-    for x, y in _split(_group_index(xs), xs, ys):
+    for x, y in _split(groups or _group_index(xs), xs, ys):
         prods = torch._foreach_mul(x, y)
         pos = torch._foreach_norm(torch._foreach_clamp_min(prods, 0.0), 1, dtype=torch.float64)
         neg = torch._foreach_norm(torch._foreach_clamp_max(prods, 0.0), 1, dtype=torch.float64)
@@ -190,13 +190,12 @@ def _read(items):
     return [next(values) if isinstance(x, torch.Tensor) else float(x) for x in items]
 
 
-def _place(params, saved, alpha, dirs, at_saved=False):
+def _place(params, saved, alpha, dirs, at_saved=False, groups=None):
     """θ ← saved − α·d in place, as ``saved + (−α·d)``: the reference engine's rounding (one for the
     product, one for the sum), with three foreach ops per (device, dtype); two (−α·d, then θ += it)
     when the caller knows θ still equals ``saved`` bit for bit (``at_saved``: the step's first probe)."""
-    groups = _group_index(params)
     with torch.no_grad():
-        for ps, ss, ds in _split(groups, params, saved, dirs):
+        for ps, ss, ds in _split(groups or _group_index(params), params, saved, dirs):
             if alpha == 0.0:
                 torch._foreach_copy_(ps, ss)
             elif at_saved:
@@ -207,8 +206,8 @@ def _place(params, saved, alpha, dirs, at_saved=False):
                 torch._foreach_add_(ps, ss)
 
 
-def _restore(params, saved):
-    _copy_all(_group_index(params), params, saved)
+def _restore(params, saved, groups=None):
+    _copy_all(groups or _group_index(params), params, saved)
 
 
 # ------------------------------------------------------------------------------ module state guard
@@ -480,7 +479,7 @@ class _QLABBase(torch.optim.Optimizer):
             result = body(params, loss, saved_params)
             _set_rng(rng_after, self._rng_devs)
         except BaseException:
-            _restore(params, saved_params)
+            _restore(params, saved_params, self._saved_params.groups)
             for p, g in zip(params, saved_grads):
                 p.grad = g
             self._saved_state.load_into(state_tensors)
@@ -502,7 +501,13 @@ class _QLABBase(torch.optim.Optimizer):
     def _move(self, params, saved, alpha, dirs, kind):
         """θ ← θ_saved − α·d; ``kind`` is ``"probe"`` (a point g(α) is evaluated at) or ``"update"``
         (Algorithm 1, line 8). One method, so a subclass can change it (e.g. to test ``crosscheck``)."""
-        _place(params, saved, alpha, dirs, at_saved=self.__dict__.pop("_at_saved", False))
+        at_saved = self.__dict__.pop("_at_saved", False)
+        _place(params, saved, alpha, dirs, at_saved=at_saved, groups=self._groups(saved))
+
+    def _groups(self, saved):
+        """The (device, dtype) groups of the parameters when ``saved`` is this step's saved copy (known
+        since the save), else None (computed where needed)."""
+        return self._saved_params.groups if saved is self._saved_params.copies else None
 
     def _first_probe(self, closure, params, saved, alpha, dirs, scalars):
         """The step's probe at ``alpha`` along ``dirs``, made before anything is read, then ONE read of
@@ -589,7 +594,7 @@ class QLABGrad(_QLABBase):
         gs = self.global_state
         t = gs["step"] + 1
         grads = self._grads(params)
-        gsq_t = _sq_norm(grads)  # ‖∇L(θ_{t−1})‖², summed over every parameter (one α for all)
+        gsq_t = _sq_norm(grads, self._groups(saved))  # ‖∇L(θ_{t−1})‖² over every parameter (one α for all)
         findplr_due = rule.findplr_is_due(gs["findplr_due"], mode, every, t)
         pre = gs["pre_lr"]
         probe = None
@@ -725,9 +730,9 @@ class QLAB(_QLABBase):
         gs = self.global_state
         t = gs["step"] + 1
         grads = self._grads(params)
-        gsq_t = _sq_norm(grads)
+        gsq_t = _sq_norm(grads, self._groups(saved))
         dirs = self._direction(params, grads, t, group)
-        gdotv_t = gsq_t if dirs is grads else _dot(grads, dirs)  # ∇L·V
+        gdotv_t = gsq_t if dirs is grads else _dot(grads, dirs, self._groups(saved))  # ∇L·V
         beta = rule.qlab_probe_step(group["alpha0"], gs["prev_lr"])  # β = max(α0, α_{t−1})
         # probe g(β) along V before anything is read (Eq. 8), then one read decides the step
         loss, gsq, gdotv, probe = self._first_probe(closure, params, saved, beta, dirs, [loss_t, gsq_t, gdotv_t])
