@@ -11,7 +11,7 @@ Two counters over one ordinary step (no FindPLR, no fallback probe, nothing non-
   with the number of parameter tensors: ResNet-18's 62 tensors cost about what an MLP's 6 cost.
 
 Counted this way, the optimizer before issue 20 made 108 ops and 10 read calls per step on the
-6-tensor MLP, 1,304 ops and 66 read calls on ResNet-18 (62 tensors); now 20 ops and 1 read, 26 ops and
+6-tensor MLP, 1,304 ops and 66 read calls on ResNet-18 (62 tensors); now 19 ops and 1 read, 25 ops and
 1 read. The oracle for "the model's own work" is an independent count of the same forward/backward/
 forward outside the optimizer.
 """
