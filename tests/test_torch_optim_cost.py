@@ -190,8 +190,12 @@ def test_cuda_step_synchronises_at_most_twice(torch):
             with warnings.catch_warnings(record=True) as seen:
                 warnings.simplefilter("always")
                 opt.step(closure)
+            with warnings.catch_warnings(record=True) as control:  # the counter can fail: one .item()
+                warnings.simplefilter("always")
+                x.sum().item()
         finally:
             torch.cuda.set_sync_debug_mode(0)
         syncs = [w for w in seen if "synchroniz" in str(w.message)]
         print(name, "synchronising calls in one step:", len(syncs))
+        assert sum("synchroniz" in str(w.message) for w in control) >= 1, "sync debug mode did not warn"
         assert len(syncs) <= 2, [str(w.message) for w in syncs]
