@@ -199,3 +199,35 @@ def test_cuda_step_synchronises_at_most_twice(torch):
         print(name, "synchronising calls in one step:", len(syncs))
         assert sum("synchroniz" in str(w.message) for w in control) >= 1, "sync debug mode did not warn"
         assert len(syncs) <= 2, [str(w.message) for w in syncs]
+
+
+@pytest.mark.parametrize("which", ["qlabgrad", "qlab-sgd", "qlab-momentum", "qlab-adam"])
+def test_cuda_fast_path_matches_cpu(torch, which):
+    """The foreach fast path on CUDA (fused multi-tensor kernels) against the same optimizer on the CPU,
+    float64, ResNet-18 with BatchNorm: parameters, buffers and every float of last_step agree to 1e-9."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: checked on the GPU run (.ci/gpu/issue20.sh)")
+    import qlabref.torch as qt
+
+    make = {"qlabgrad": lambda p: qt.QLABGrad(p), "qlab-sgd": lambda p: qt.QLAB(p, direction="sgd"),
+            "qlab-momentum": lambda p: qt.QLAB(p, direction="momentum"),
+            "qlab-adam": lambda p: qt.QLAB(p, direction="adam", alpha0=1e-3)}[which]
+    runs = []
+    for dev in ("cpu", "cuda"):
+        model, x, y = resnet18(torch)
+        model, x, y = model.double().to(dev), x.double().to(dev), y.to(dev)
+        opt = make(model.parameters())
+        records = []
+        for _ in range(4):
+            opt.step(lambda: torch.nn.functional.cross_entropy(model(x), y))
+            records.append(opt.last_step)
+        runs.append(([t.detach().cpu() for t in model.state_dict().values()], records))
+    (pa, ra), (pb, rb) = runs
+    for a, b in zip(pa, pb):
+        assert torch.allclose(a.double(), b.double(), rtol=1e-9, atol=1e-12)
+    for a, b in zip(ra, rb):
+        for k, v in a.items():
+            if isinstance(v, float):
+                assert b[k] == pytest.approx(v, rel=1e-9, abs=1e-15), (k, v, b[k])
+            else:
+                assert b[k] == v, (k, v, b[k])
