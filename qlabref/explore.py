@@ -212,7 +212,7 @@ def run_start(fname, opt, start, steps, settings):
         tops, gmins, gmaxs, gs = [], [], [], []
         for t, rec in enumerate(recs):
             top, gmin, gmax, codes = _g_samples(fn, r.path[t], rec)
-            tops.append(_sig4(top))
+            tops.append(_exact(top))
             gmins.append(None if gmin is None else float(f"{gmin:.6g}"))
             gmaxs.append(None if gmax is None else float(f"{gmax:.6g}"))
             gs.append(codes)
@@ -284,9 +284,11 @@ def build_data(functions=None, grid=DEFAULT_GRID, steps=DEFAULT_STEPS, lrs=None,
             progress(len(block), f"{entry['name']} / {opt}")
 
     if jobs > 1:
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=int(jobs)) as pool:
+        # "spawn": fork() is unsafe once Numba's OpenMP threads exist in this process
+        with ProcessPoolExecutor(max_workers=int(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
             for k, block in enumerate(pool.map(_run_block, tasks)):
                 place(k, block)
     else:

@@ -86,7 +86,9 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="explore", unit="run", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    tty = sys.stderr.isatty()  # on a terminal a live bar; in a log a line every 15 s
+    bar = tqdm(total=total, desc="explore", unit="run", file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.5 if tty else 15.0)
 
     def progress(n, what):
         bar.set_postfix_str(what, refresh=False)
