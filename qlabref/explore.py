@@ -24,7 +24,7 @@ The data goes into the page as gzip-compressed JSON in base64 (:func:`encode_dat
   the shortest representation that reads back to the same double, and JavaScript reads it back to that
   double): every iterate θ_t, f(θ_t) and, per step, ``opt.last_step``'s a0 (Eq. 6), a1 (Eq. 7), a2
   (Eq. 9), α* (Eq. 10), ᾱ, the step α_t taken, g(ᾱ) and whether the fallback of Algorithm 1
-  (lines 4–7) fired; plus g(α) = f(θ − α∇f(θ)) (Eq. 3) sampled at :data:`G_POINTS` points of
+  (lines 4–7) fired (a0 and α_t as null where they equal f(θ_{t−1}) and α* bit for bit); plus g(α) = f(θ − α∇f(θ)) (Eq. 3) sampled at :data:`G_POINTS` points of
   [0, max(ᾱ, α_t, 2α*)] (only for drawing, so quantized to 1/1000 of its range);
 - the contour map: f on a :data:`MAP_RES`² grid, as the colour scale's position (log f − f_min for the
   functions whose values span decades, like ``qlabref``'s contour figures; linear for Eggholder),
@@ -69,7 +69,7 @@ DEMO_LRS = {
 LR_OPTIMIZERS = ("sgd", "adam", "schedulefree-sgd", "schedulefree-adamw")
 
 DEFAULT_GRID = 9  # starts per side: 81 start points per function
-DEFAULT_STEPS = 150  # step budget of every run
+DEFAULT_STEPS = 100  # step budget of every run
 MAX_GRID = 41
 MAX_STEPS = 5000
 #: the start lattice covers the domain box shrunk by this fraction of its width on every side
@@ -156,6 +156,14 @@ def _exact(v):
     return v if math.isfinite(v) else None
 
 
+def _same(a, b):
+    """True if a and b are the same finite float64, bit for bit (so one can stand for the other)."""
+    if a is None or b is None:
+        return False
+    a, b = float(a), float(b)
+    return math.isfinite(a) and np.float64(a).tobytes() == np.float64(b).tobytes()
+
+
 def _g_samples(fn, theta, rec):
     """g(α) = f(θ − α∇f(θ)) (Eq. 3) at G_POINTS points of [0, top], top = max(ᾱ, α_t, 2α*) (2α* only
     when α* > 0), ∇f the analytic gradient. Returns (top, gmin, gmax, ints 0..999 or -1 for a
@@ -203,8 +211,13 @@ def run_start(fname, opt, start, steps, settings):
         recs = r.records[:n]
         q = {"x": [_exact(v) for v in r.path[: n + 1, 0]], "y": [_exact(v) for v in r.path[: n + 1, 1]],
              "f": [_exact(v) for v in r.losses[: n + 1]]}
-        for key in ("a0", "a1", "a2", "alpha_star", "pre_lr", "lr", "probe_loss"):
+        for key in ("a1", "a2", "alpha_star", "pre_lr", "probe_loss"):
             q[key] = [_exact(rec.get(key)) for rec in recs]
+        # Two numbers usually repeat another one bit for bit; they are then stored as null and the page
+        # shows the one they equal (``a0 ?? f``, ``lr ?? alpha_star``), which keeps the file a third smaller:
+        # a0 of step k is the loss at θ_{k−1} (f[k−1]); the step taken is α* unless the fallback fired.
+        q["a0"] = [None if _same(rec.get("a0"), r.losses[t]) else _exact(rec.get("a0")) for t, rec in enumerate(recs)]
+        q["lr"] = [None if _same(rec.get("lr"), rec.get("alpha_star")) else _exact(rec.get("lr")) for rec in recs]
         q["fallback"] = [int(bool(rec.get("fallback", False))) for rec in recs]
         q["findplr"] = [int(bool(rec.get("findplr_ran", False))) for rec in recs]
         q["evals"] = [int(rec.get("evals", 0) or 0) for rec in recs]

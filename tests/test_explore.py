@@ -86,15 +86,19 @@ def test_qlabgrad_numbers_are_the_engines_exactly(data, name):
         xs, recs = engine_qlabgrad(fn, start, n)
         assert q["x"] == xs[:, 0].tolist() and q["y"] == xs[:, 1].tolist()  # float64, bit for bit
         for k, rec in enumerate(recs):
-            for key in ("a0", "a1", "a2", "pre_lr", "lr", "probe_loss"):
+            for key in ("a1", "a2", "pre_lr", "probe_loss"):
                 assert q[key][k] == float(rec[key]), (name, i, k, key)
+            # stored as null where they equal f(θ_{k−1}) and α* (the page shows those)
+            a0 = q["f"][k] if q["a0"][k] is None else q["a0"][k]
+            lr = q["alpha_star"][k] if q["lr"][k] is None else q["lr"][k]
+            assert a0 == float(rec["a0"]) and lr == float(rec["lr"]), (name, i, k)
             ast = rec["alpha_star"]
             assert q["alpha_star"][k] == (None if ast is None or not math.isfinite(ast) else float(ast))
             assert q["fallback"][k] == int(bool(rec["fallback"]))
             assert q["evals"][k] == rec["evals"]
             # the numbers fit together as Eq. (9)/(10) and Algorithm 1 say
             if not rec["fallback"] and ast is not None:
-                assert q["lr"][k] == q["alpha_star"][k]
+                assert lr == q["alpha_star"][k]
                 assert q["alpha_star"][k] == pytest.approx(-q["a1"][k] / (2 * q["a2"][k]), rel=1e-12)
         # f(θ_t) on the page is f at the engine's iterate
         assert np.allclose(q["f"], fn.f(xs), rtol=1e-15, atol=0)
@@ -107,7 +111,7 @@ def test_a_fallback_step_is_recorded_as_one():
     out = E.run_start("himmelblau", "qlabgrad", start, 3, {"findplr": "once"})
     _, recs = engine_qlabgrad(fn, start, 1)
     assert recs[0]["fallback"] is True and recs[0]["a2"] < 0
-    assert out["q"]["fallback"][0] == 1 and out["q"]["lr"][0] == out["q"]["pre_lr"][0] == recs[0]["pre_lr"]
+    assert out["q"]["fallback"][0] == 1 and out["q"]["lr"][0] == out["q"]["pre_lr"][0] == recs[0]["pre_lr"] == recs[0]["lr"]
 
 
 @pytest.mark.parametrize("name", FUNCS)
@@ -128,7 +132,11 @@ def test_g_samples_are_the_loss_along_minus_gradient(data, name):
             tol = (hi - lo) / 999 * 0.5 + 1e-5 * (abs(hi) + abs(lo)) + 1e-300
             assert np.all(codes >= 0) and np.max(np.abs(drawn - truth)) <= tol
             # the range covers ᾱ, the step taken and 2α*
-            assert q["g_top"][k] >= max(q["pre_lr"][k], q["lr"][k], 2 * (q["alpha_star"][k] or 0))
+            assert q["g_top"][k] >= max(q["pre_lr"][k], float(recs_lr(q, k)), 2 * (q["alpha_star"][k] or 0))
+
+
+def recs_lr(q, k):
+    return q["alpha_star"][k] if q["lr"][k] is None else q["lr"][k]
 
 
 # ------------------------------------------------------------------------------------ drawing data

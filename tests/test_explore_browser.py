@@ -113,7 +113,8 @@ def _check_step(page, xs, recs, t):
     k = min(max(t, 1), n)
     rec = recs[k - 1]
     assert page.locator("#q-k").inner_text() == str(k)
-    assert _num(page, "#q-a2") == rec["a2"]
+    assert _num(page, "#q-a0") == rec["a0"] and _num(page, "#q-a1") == rec["a1"] and _num(page, "#q-a2") == rec["a2"]
+    assert _num(page, "#q-probe") == rec["probe_loss"]
     assert _num(page, "#q-pre-lr") == rec["pre_lr"]
     assert _num(page, "#q-lr") == rec["lr"]
     assert _num(page, "#q-alpha-star") == rec["alpha_star"]
