@@ -243,6 +243,21 @@ def test_command_writes_the_page(tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
 
 
+def test_resweep_uses_the_recomputed_learning_rates(tmp_path, monkeypatch, capsys):
+    from qlabref import cli
+
+    table = {"booth": {"sgd": 0.05, "adam": 0.5, "schedulefree-sgd": 0.02, "schedulefree-adamw": 0.7}}
+    asked = []
+    monkeypatch.setattr(E, "lrs_from_sweep", lambda fns, progress=False: asked.append(list(fns)) or table)
+    out = tmp_path / "e.html"
+    assert cli.main(["explore", "--functions", "booth", "--grid", "2", "--steps", "3", "--resweep", "--out", str(out)]) == 0
+    d = E.data_from_page(out.read_text(encoding="utf-8"))
+    assert asked == [["booth"]]
+    assert {o: s["lr"] for o, s in d["functions"][0]["settings"].items() if "lr" in s} == table["booth"]
+    assert d["lr_source"] == "recomputed by the demo's sweep"
+    assert "sgd lr=0.05" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--grid", "1"], "--grid"),
     (["--grid", f"{E.MAX_GRID + 1}"], "--grid"),

@@ -174,3 +174,8 @@ def test_play_advances_and_pauses(page):
     t = page.locator("#step-label").inner_text()
     page.wait_for_timeout(400)
     assert page.locator("#step-label").inner_text() == t
+    page.keyboard.press("ArrowRight")  # the arrow keys step too
+    assert page.locator("#step-label").inner_text() == str(int(t) + 1)
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    assert page.locator("#step-label").inner_text() == str(int(t) - 1)
