@@ -13,19 +13,25 @@ differs from NumPy in the last bit; PTX instructions with an explicit ``.rn`` ar
 simulator has no libdevice (its stubs return ``None``), so there the same names are plain Python
 products and differences of NumPy scalars, which round the same way.
 
-**Reduction (deterministic, two stages).** ``probe_blocks``: a grid-stride loop (each thread places
-its elements and adds their g², promoted to float64, to a private float64 sum in element order), then
-a tree of ``TPB/2, TPB/4, ..., 1`` additions in shared memory (``syncthreads`` between levels, in
-uniform control flow), one partial sum per block. ``reduce_partials`` (one block, the same tree) adds
-the partials into one float64 *on the device*. The grid depends only on n (``grid_for``), never on
-the GPU, so the result has the same bits on every run and every device.
+**Reduction (deterministic, two stages, one launch).** Each kernel: a grid-stride loop (each thread
+places its elements and adds their g², promoted to float64, to a private float64 sum in element
+order), then a tree of ``TPB/2, TPB/4, ..., 1`` additions in shared memory (``syncthreads`` between
+levels, in uniform control flow), one partial sum per block. Stage 2 runs in the same launch (one
+kernel launch per probe: the launch overhead, about as long as the whole probe of 1.8M elements, is
+paid once): each block's thread 0 stores its partial, ``threadfence``, and takes a ticket from an
+atomic counter; the block that takes the last ticket reads all partials (through atomic adds of 0.0,
+coherent in L2) and adds them with the same strided sums and tree, in the order of the block index,
+whichever block comes last, then resets the counter for the next call. The grid depends only on n
+(``grid_for``), never on the GPU, so the sum has the same bits on every run and every device. Only
+the counter's increments are atomic; no floating-point atomic changes the sum.
 
 **Device-array entry points** (numba device arrays in, nothing copied; what the device-resident
 backend calls):
 
-- ``ws = ProbeWorkspace()``: the reusable scratch (``ws.partial``, ``MAX_BLOCKS`` float64; ``ws.result``,
-  one float64 on the device; ``ws.read()`` copies that one number to the host, through a pinned buffer).
-  One default workspace per process: :func:`default_workspace`.
+- ``ws = ProbeWorkspace()``: the reusable scratch (``ws.partial``, ``MAX_BLOCKS`` float64; ``ws.counter``,
+  one int32; ``ws.result``, one float64 on the device; ``ws.read()`` copies that one number to the
+  host, through a pinned buffer). One default workspace per process (:func:`default_workspace`); use
+  one workspace per CUDA stream if probes run on several streams at once.
 - ``probe_into(theta, g, alpha, out, ws=None, result=None, index=0, max_blocks=None)``: ``out = θ − α·g``
   (``out`` may be ``theta``: in place), Σ g² written to ``result[index]`` (a float64 device array;
   default ``ws.result[0]``); returns the device array holding the sum. No host transfer.
@@ -41,7 +47,7 @@ viewed 1-D); ``alpha`` is a host number, rounded to the arrays' dtype as NumPy d
 from __future__ import annotations
 
 import numpy as np
-from numba import cuda, float32, float64, int64
+from numba import cuda, float32, float64, int32, int64
 from numba.core import config
 
 from .launch import blocks
@@ -75,7 +81,7 @@ def make_probe_kernels(dtype_name):
     """The plain Python kernels (probe, probe_save, sum_sq) for one dtype, with its rounded ops."""
     mul, add = _ROUNDED[dtype_name]
 
-    def probe_blocks(theta, g, alpha, out, partial):
+    def probe_blocks(theta, g, alpha, out, partial, counter, result, index):
         sh = cuda.shared.array(TPB, float64)
         tid = cuda.threadIdx.x
         n = theta.shape[0]
@@ -96,10 +102,33 @@ def make_probe_kernels(dtype_name):
                 sh[tid] += sh[tid + s]
             cuda.syncthreads()
             s //= 2
+        # stage 2, in the same launch: the last block to finish adds the partials in a fixed order
+        last = cuda.shared.array(1, int32)
         if tid == 0:
             partial[cuda.blockIdx.x] = sh[0]
+            cuda.threadfence()  # the partial is visible device-wide before the ticket is taken
+            last[0] = cuda.atomic.add(counter, 0, 1) == cuda.gridDim.x - 1
+        cuda.syncthreads()
+        if last[0]:  # uniform in the block
+            nparts = cuda.gridDim.x
+            acc = 0.0
+            i = tid
+            while i < nparts:
+                acc += cuda.atomic.add(partial, i, 0.0)  # a coherent (L2) read of another block's partial
+                i += TPB
+            sh[tid] = acc
+            cuda.syncthreads()
+            s = TPB // 2
+            while s > 0:
+                if tid < s:
+                    sh[tid] += sh[tid + s]
+                cuda.syncthreads()
+                s //= 2
+            if tid == 0:
+                result[index] = sh[0]
+                counter[0] = 0  # ready for the next call
 
-    def probe_save_blocks(theta, g, alpha, saved, partial):
+    def probe_save_blocks(theta, g, alpha, saved, partial, counter, result, index):
         sh = cuda.shared.array(TPB, float64)
         tid = cuda.threadIdx.x
         n = theta.shape[0]
@@ -122,10 +151,33 @@ def make_probe_kernels(dtype_name):
                 sh[tid] += sh[tid + s]
             cuda.syncthreads()
             s //= 2
+        # stage 2, in the same launch: the last block to finish adds the partials in a fixed order
+        last = cuda.shared.array(1, int32)
         if tid == 0:
             partial[cuda.blockIdx.x] = sh[0]
+            cuda.threadfence()  # the partial is visible device-wide before the ticket is taken
+            last[0] = cuda.atomic.add(counter, 0, 1) == cuda.gridDim.x - 1
+        cuda.syncthreads()
+        if last[0]:  # uniform in the block
+            nparts = cuda.gridDim.x
+            acc = 0.0
+            i = tid
+            while i < nparts:
+                acc += cuda.atomic.add(partial, i, 0.0)  # a coherent (L2) read of another block's partial
+                i += TPB
+            sh[tid] = acc
+            cuda.syncthreads()
+            s = TPB // 2
+            while s > 0:
+                if tid < s:
+                    sh[tid] += sh[tid + s]
+                cuda.syncthreads()
+                s //= 2
+            if tid == 0:
+                result[index] = sh[0]
+                counter[0] = 0  # ready for the next call
 
-    def sum_sq_blocks(g, partial):
+    def sum_sq_blocks(g, partial, counter, result, index):
         sh = cuda.shared.array(TPB, float64)
         tid = cuda.threadIdx.x
         n = g.shape[0]
@@ -144,46 +196,47 @@ def make_probe_kernels(dtype_name):
                 sh[tid] += sh[tid + s]
             cuda.syncthreads()
             s //= 2
+        # stage 2, in the same launch: the last block to finish adds the partials in a fixed order
+        last = cuda.shared.array(1, int32)
         if tid == 0:
             partial[cuda.blockIdx.x] = sh[0]
+            cuda.threadfence()  # the partial is visible device-wide before the ticket is taken
+            last[0] = cuda.atomic.add(counter, 0, 1) == cuda.gridDim.x - 1
+        cuda.syncthreads()
+        if last[0]:  # uniform in the block
+            nparts = cuda.gridDim.x
+            acc = 0.0
+            i = tid
+            while i < nparts:
+                acc += cuda.atomic.add(partial, i, 0.0)  # a coherent (L2) read of another block's partial
+                i += TPB
+            sh[tid] = acc
+            cuda.syncthreads()
+            s = TPB // 2
+            while s > 0:
+                if tid < s:
+                    sh[tid] += sh[tid + s]
+                cuda.syncthreads()
+                s //= 2
+            if tid == 0:
+                result[index] = sh[0]
+                counter[0] = 0  # ready for the next call
 
     return {"probe": probe_blocks, "probe_save": probe_save_blocks, "sum_sq": sum_sq_blocks}
-
-
-def reduce_partials(partial, nparts, result, index):
-    """One block: result[index] = Σ partial[:nparts], in a fixed order (deterministic)."""
-    sh = cuda.shared.array(TPB, float64)
-    tid = cuda.threadIdx.x
-    acc = 0.0
-    i = tid
-    while i < nparts:
-        acc += partial[i]
-        i += TPB
-    sh[tid] = acc
-    cuda.syncthreads()
-    s = TPB // 2
-    while s > 0:
-        if tid < s:
-            sh[tid] += sh[tid + s]
-        cuda.syncthreads()
-        s //= 2
-    if tid == 0:
-        result[index] = sh[0]
 
 
 #: the plain Python kernels by dtype name, then kind ("probe", "probe_save", "sum_sq")
 PROBE_PY_KERNELS = {name: make_probe_kernels(name) for name in ("float32", "float64")}
 _KERNELS = {name: {kind: cuda.jit(fn) for kind, fn in ks.items()} for name, ks in PROBE_PY_KERNELS.items()}
-_reduce_partials = cuda.jit(reduce_partials)
 
 
 def _ptx_signatures():
     for t in (float32, float64):
         ks = PROBE_PY_KERNELS[str(t)]
-        yield f"probe_blocks[{t}]", ks["probe"], (t[::1], t[::1], t, t[::1], float64[::1])
-        yield f"probe_save_blocks[{t}]", ks["probe_save"], (t[::1], t[::1], t, t[::1], float64[::1])
-        yield f"sum_sq_blocks[{t}]", ks["sum_sq"], (t[::1], float64[::1])
-    yield "reduce_partials", reduce_partials, (float64[::1], int64, float64[::1], int64)
+        tail = (float64[::1], int32[::1], float64[::1], int64)  # partial, counter, result, index
+        yield f"probe_blocks[{t}]", ks["probe"], (t[::1], t[::1], t, t[::1], *tail)
+        yield f"probe_save_blocks[{t}]", ks["probe_save"], (t[::1], t[::1], t, t[::1], *tail)
+        yield f"sum_sq_blocks[{t}]", ks["sum_sq"], (t[::1], *tail)
 
 
 #: (name, python function, signature) of every kernel in this module, for the compile_ptx tests
@@ -199,6 +252,7 @@ class ProbeWorkspace:
         self.max_blocks = int(max_blocks)
         self.partial = cuda.device_array(self.max_blocks, dtype=np.float64)
         self.result = cuda.device_array(1, dtype=np.float64)
+        self.counter = cuda.to_device(np.zeros(1, dtype=np.int32))  # blocks done; the last one resets it
         self._host = cuda.pinned_array(1, dtype=np.float64)
 
     def read(self, result=None, index=0):
@@ -235,9 +289,8 @@ def _launch(kind, dtype, args, n, ws, result, index, max_blocks):
     grid = grid_for(n, max_blocks)
     if grid > ws.max_blocks:
         raise ValueError(f"cuda_probe: grid of {grid} blocks exceeds the workspace's {ws.max_blocks} partial slots")
-    _KERNELS[np.dtype(dtype).name][kind][grid, TPB](*args, ws.partial)
     res = ws.result if result is None else result
-    _reduce_partials[1, TPB](ws.partial, grid, res, index)
+    _KERNELS[np.dtype(dtype).name][kind][grid, TPB](*args, ws.partial, ws.counter, res, index)
     return res
 
 
@@ -309,7 +362,7 @@ def reference_tree_sum(g, max_blocks=None):
         acc = acc + padded[r * width:(r + 1) * width]
     partial = _tree(acc.reshape(grid, TPB))
     second = np.zeros(TPB)
-    for start in range(0, grid, TPB):  # reduce_partials' strided sums
+    for start in range(0, grid, TPB):  # the last block's strided sums
         chunk = partial[start:start + TPB]
         second[:chunk.size] = second[:chunk.size] + chunk
     return float(_tree(second))
