@@ -13,10 +13,11 @@ TM·TN multiply-adds. ``syncthreads`` is reached in uniform control flow only; o
 store. Accumulation is in the operands' dtype (fused multiply-adds on a GPU: equal to NumPy to
 rounding, not bit for bit, since the summation order differs from BLAS anyway).
 
-Configurations (``CONFIGS``: name → (TM, TN, BK)): ``"128x128"`` (8 × 8 per thread), ``"64x64"``
-(4 × 4) and ``"32x32"`` (2 × 2). :func:`choose_config` takes the largest tile that still gives at
-least one block per multiprocessor, so small products (the MLP's 64 × 784 · 784 × 1000) spread over
-the GPU instead of running on a handful of SMs.
+Configurations (``CONFIGS``: name → (TM, TN, BK, prefetch)): ``"128x128"`` (8 × 8 per thread),
+``"128x128p"`` (the same with the next K step's global loads prefetched into registers: float64's
+large tile), ``"64x64"`` (4 × 4) and ``"32x32"`` (2 × 2). :func:`choose_config` takes the largest
+tile that still gives at least one block per multiprocessor, so small products (the MLP's
+64 × 784 · 784 × 1000) spread over the GPU instead of running on a handful of SMs.
 
 **Device-array entry points** (numba device arrays, nothing copied, nothing read back):
 
@@ -36,32 +37,41 @@ from numba import cuda, float32, float64
 
 from .launch import blocks
 
-__all__ = ["THREADS", "CONFIGS", "TILE", "ORDERS", "make_matmul_kernel", "MATMUL_KERNELS", "PTX_KERNELS",
+__all__ = ["THREADS", "CONFIGS", "LARGE", "TILE", "ORDERS", "make_matmul_kernel", "MATMUL_KERNELS", "PTX_KERNELS",
            "choose_config", "matmul_into", "matmul_device", "matmul_cuda"]
 
 #: threads per block along x and y (the block is THREADS × THREADS)
 THREADS = 16
 _NT = THREADS * THREADS
-#: name → (TM, TN, BK): per-thread micro-tile and the K step; the block tile is 16·TM × 16·TN
-CONFIGS = {"128x128": (8, 8, 8), "64x64": (4, 4, 16), "32x32": (2, 2, 32)}
+#: name → (TM, TN, BK, prefetch): per-thread micro-tile, K step, software pipelining; the block tile
+#: is 16·TM × 16·TN. "128x128p" is the float64 large tile: at 198-215 registers one block fits per
+#: multiprocessor, and the prefetch hides the global loads that a second block would otherwise cover.
+CONFIGS = {"128x128": (8, 8, 8, False), "128x128p": (8, 8, 8, True), "64x64": (4, 4, 16, False),
+           "32x32": (2, 2, 32, False)}
+#: the large tile per dtype (the first configuration choose_config tries)
+LARGE = {"float32": "128x128", "float64": "128x128p"}
 #: the largest block tile edge (kept under the old name: the tile of the first row of CONFIGS)
-TILE = 16 * CONFIGS["128x128"][0]
+TILE = THREADS * CONFIGS["128x128"][0]
 #: shared-memory row padding (elements): spreads the staging stores over the banks
 _PAD = 4
 
 
-def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False):
-    """The plain Python kernel for one dtype (a Numba type), configuration (TM, TN, BK) and storage
-    order of the operands (``ta``: A is passed stored K × M; ``tb``: B stored N × K). The storage
-    order is a compile-time constant: one kernel per case needs fewer registers than a runtime
+def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
+    """The plain Python kernel for one dtype (a Numba type), configuration (TM, TN, BK, prefetch) and
+    storage order of the operands (``ta``: A is passed stored K × M; ``tb``: B stored N × K). The
+    storage order is a compile-time constant: one kernel per case needs fewer registers than a runtime
     branch (ptxas, sm_90, float32 128×128: 128 registers instead of 152; 32×32: 72-80 instead of 126),
-    so more blocks fit on a multiprocessor."""
+    so more blocks fit on a multiprocessor. ``prefetch``: the global loads of the next K step are
+    issued into registers before the current step's multiply-adds (software pipelining: their
+    latency hides behind the arithmetic, worth it where only one block fits per multiprocessor)."""
     bm, bn = THREADS * tm, THREADS * tn
     la, lb = bm * bk // _NT, bn * bk // _NT  # staging loads per thread and K step
-    sa_shape, sb_shape = (bk, bm + _PAD), (bk, bn + _PAD)  # constants: shared arrays need fixed shapes
     assert la * _NT == bm * bk and lb * _NT == bn * bk, "tile sizes must be multiples of the block's threads"
+    sa_shape, sb_shape = (bk, bm + _PAD), (bk, bn + _PAD)  # constants: shared arrays need fixed shapes
+    lag = 1 if prefetch else 0  # steps between a tile's global load and its multiply-adds
+    load_phase = 1 if prefetch else 0  # load after (prefetch) or before storing the registers
 
-    def matmul_rt(a, b, c):
+    def matmul_rt_plain(a, b, c):
         sa = cuda.shared.array(sa_shape, dtype)
         sb = cuda.shared.array(sb_shape, dtype)
         acc = cuda.local.array((tm, tn), dtype)
@@ -128,13 +138,101 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False):
                     if gn < n:
                         c[gm, gn] = acc[i, j]
 
+    def matmul_rt(a, b, c):  # the pipelined variant
+        sa = cuda.shared.array(sa_shape, dtype)
+        sb = cuda.shared.array(sb_shape, dtype)
+        acc = cuda.local.array((tm, tn), dtype)
+        ra = cuda.local.array(tm, dtype)
+        rb = cuda.local.array(tn, dtype)
+        pa = cuda.local.array(la, dtype)  # this thread's staged elements of A and B
+        pb = cuda.local.array(lb, dtype)
+        zero = dtype(0)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        t = ty * THREADS + tx
+        m = c.shape[0]
+        n = c.shape[1]
+        k = a.shape[0] if ta else a.shape[1]
+        m0 = cuda.blockIdx.y * bm
+        n0 = cuda.blockIdx.x * bn
+        nk = (k + bk - 1) // bk
+        for i in range(tm):
+            for j in range(tn):
+                acc[i, j] = zero
+        for step in range(nk + lag):
+            for phase in range(2):
+                if phase == load_phase and step < nk:  # global → registers, K step `step`
+                    k0 = step * bk
+                    for r in range(la):  # A[m0:m0+bm, k0:k0+bk]
+                        e = t + r * _NT
+                        if ta:  # stored K × M: neighbouring threads read neighbouring m
+                            kk = e // bm
+                            gk = k0 + kk
+                            gm = m0 + e - kk * bm
+                            pa[r] = a[gk, gm] if gk < k and gm < m else zero
+                        else:  # stored M × K: neighbouring threads read neighbouring k
+                            mm = e // bk
+                            gk = k0 + e - mm * bk
+                            gm = m0 + mm
+                            pa[r] = a[gm, gk] if gk < k and gm < m else zero
+                    for r in range(lb):  # B[k0:k0+bk, n0:n0+bn]
+                        e = t + r * _NT
+                        if tb:  # stored N × K
+                            nn = e // bk
+                            gk = k0 + e - nn * bk
+                            gn = n0 + nn
+                            pb[r] = b[gn, gk] if gk < k and gn < n else zero
+                        else:  # stored K × N
+                            kk = e // bn
+                            gk = k0 + kk
+                            gn = n0 + e - kk * bn
+                            pb[r] = b[gk, gn] if gk < k and gn < n else zero
+                if phase == 0 and step >= lag:  # registers → shared memory (the step to multiply)
+                    for r in range(la):
+                        e = t + r * _NT
+                        if ta:
+                            kk = e // bm
+                            sa[kk, e - kk * bm] = pa[r]
+                        else:
+                            mm = e // bk
+                            sa[e - mm * bk, mm] = pa[r]
+                    for r in range(lb):
+                        e = t + r * _NT
+                        if tb:
+                            nn = e // bk
+                            sb[e - nn * bk, nn] = pb[r]
+                        else:
+                            kk = e // bn
+                            sb[kk, e - kk * bn] = pb[r]
+                    cuda.syncthreads()
+            if step >= lag:
+                for kk in range(bk):
+                    for i in range(tm):
+                        ra[i] = sa[kk, ty + THREADS * i]
+                    for j in range(tn):
+                        rb[j] = sb[kk, tx + THREADS * j]
+                    for i in range(tm):
+                        for j in range(tn):
+                            acc[i, j] += ra[i] * rb[j]
+                cuda.syncthreads()
+        for i in range(tm):
+            gm = m0 + ty + THREADS * i
+            if gm < m:
+                for j in range(tn):
+                    gn = n0 + tx + THREADS * j
+                    if gn < n:
+                        c[gm, gn] = acc[i, j]
+
+    if not prefetch:  # the straight loop: fewer registers (float32 128×128: 128 instead of 145)
+        matmul_rt_plain.__name__ = "matmul_rt"
+        return matmul_rt_plain
     return matmul_rt
 
 
 #: the storage orders (ta, tb) of the operands
 ORDERS = ((False, False), (True, False), (False, True), (True, True))
 #: the plain Python kernels (what ``cuda.compile_ptx`` takes), keyed (dtype name, config, ta, tb)
-PY_KERNELS = {(str(t), cfg, ta, tb): make_matmul_kernel(t, *CONFIGS[cfg], ta, tb)
+PY_KERNELS = {(str(t), cfg, ta, tb): make_matmul_kernel(t, *CONFIGS[cfg][:3], ta, tb, CONFIGS[cfg][3])
               for t in (float32, float64) for cfg in CONFIGS for ta, tb in ORDERS}
 #: the launchable kernels, same keys (compiled on first launch)
 MATMUL_KERNELS = {key: cuda.jit(fn) for key, fn in PY_KERNELS.items()}
@@ -165,11 +263,12 @@ def _sm_count():
     return _SMS["n"]
 
 
-def choose_config(m, n):
-    """The largest block tile that gives at least one block per multiprocessor, else ``"32x32"``."""
+def choose_config(m, n, dtype=np.float32):
+    """The largest block tile (``LARGE[dtype]``, then ``"64x64"``) that gives at least one block per
+    multiprocessor, else ``"32x32"``."""
     sms = _sm_count()
-    for cfg in ("128x128", "64x64"):
-        tm, tn, _ = CONFIGS[cfg]
+    for cfg in (LARGE[np.dtype(dtype).name], "64x64"):
+        tm, tn = CONFIGS[cfg][:2]
         if blocks(m, THREADS * tm) * blocks(n, THREADS * tn) >= sms:
             return cfg
     return "32x32"
@@ -180,8 +279,8 @@ def matmul_device(a, b, m, n, dtype, ta=False, tb=False, out=None, config=None):
     reads them: ``ta``/``tb`` say they hold Aᵀ (K × M) / Bᵀ (N × K)). Returns ``out`` (allocated if
     None; it must be a C-contiguous (m, n) device array of ``dtype``)."""
     c = cuda.device_array((m, n), dtype=dtype) if out is None else out
-    cfg = choose_config(m, n) if config is None else config
-    tm, tn, _ = CONFIGS[cfg]
+    cfg = choose_config(m, n, dtype) if config is None else config
+    tm, tn = CONFIGS[cfg][:2]
     grid = (blocks(n, THREADS * tn), blocks(m, THREADS * tm))
     MATMUL_KERNELS[np.dtype(dtype).name, cfg, bool(ta), bool(tb)][grid, (THREADS, THREADS)](a, b, c)
     return c

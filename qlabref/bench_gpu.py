@@ -150,9 +150,9 @@ def measure_kernels(log=None, quick=False):
             for cfg in cfgs:
                 ours_fn = (lambda cfg=cfg: cuda_matmul.matmul_device(a, b, m, n, dt, ta, tb, out=c, config=cfg))
                 t_ours, t_theirs = _pair(ours_fn, theirs_fn, sync, reps, rounds)
-                used = cfg or cuda_matmul.choose_config(m, n)
+                used = cfg or cuda_matmul.choose_config(m, n, dt)
                 row = {"shape": label, "dtype": np.dtype(dt).name, "config": used, "auto": cfg is None or
-                       cfg == cuda_matmul.choose_config(m, n), "ms": 1e3 * t_ours,
+                       cfg == cuda_matmul.choose_config(m, n, dt), "ms": 1e3 * t_ours,
                        "tflops": flop / t_ours / 1e12, "max_rel_diff_vs_cublas": err}
                 if t_theirs is not None:
                     row.update(cublas_ms=1e3 * t_theirs, cublas_tflops=flop / t_theirs / 1e12,

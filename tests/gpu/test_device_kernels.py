@@ -59,11 +59,11 @@ def test_matmul_kernel(cuda_kernels, rng, dt, mkn):
 
 
 @pytest.mark.parametrize("dt", FLOATS, ids=["f32", "f64"])
-@pytest.mark.parametrize("config", ["128x128", "64x64", "32x32"])
+@pytest.mark.parametrize("config", ["128x128", "128x128p", "64x64", "32x32"])
 def test_matmul_every_configuration_over_several_blocks(cuda_kernels, rng, device, dt, config):
     # edges in both M and N (two block rows, two block columns, ragged) and K over several steps
     cuda, mm, _, _ = cuda_kernels
-    tm, tn, bk = mm.CONFIGS[config]
+    tm, tn, bk, _ = mm.CONFIGS[config]
     bm, bn = 16 * tm, 16 * tn
     k = 2 * bk + 3 if device == "simulator" else 3 * bk * 5 + 7
     m, n = bm + 5, bn + 3
@@ -74,17 +74,19 @@ def test_matmul_every_configuration_over_several_blocks(cuda_kernels, rng, devic
     _check_matmul(cuda, mm, a, b, config=config)
 
 
-def test_choose_config_spreads_small_products(cuda_kernels):
+@pytest.mark.parametrize("dt", FLOATS, ids=["f32", "f64"])
+def test_choose_config_spreads_small_products(cuda_kernels, dt):
     _, mm, _, _ = cuda_kernels
     sms = mm._sm_count()
-    for m, n in ((64, 1000), (4096, 4096), (1, 1), (784, 1000)):
-        cfg = mm.choose_config(m, n)
-        tm, tn, _ = mm.CONFIGS[cfg]
+    large = mm.LARGE[np.dtype(dt).name]
+    for m, n in ((64, 1000), (4096, 4096), (1, 1), (784, 1000), (1000, 784)):
+        cfg = mm.choose_config(m, n, dt)
+        tm, tn = mm.CONFIGS[cfg][:2]
         nblocks = -(-m // (16 * tm)) * -(-n // (16 * tn))
         assert nblocks >= sms or cfg == "32x32", (m, n, cfg)
-        if cfg != "128x128":  # a larger tile would have left multiprocessors idle
-            bigger = {"64x64": "128x128", "32x32": "64x64"}[cfg]
-            btm, btn, _ = mm.CONFIGS[bigger]
+        if cfg != large:  # a larger tile would have left multiprocessors idle
+            bigger = {"64x64": large, "32x32": "64x64"}[cfg]
+            btm, btn = mm.CONFIGS[bigger][:2]
             assert -(-m // (16 * btm)) * -(-n // (16 * btn)) < sms
 
 
