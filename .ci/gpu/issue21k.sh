@@ -12,6 +12,10 @@ PY=${PYTHON:-python3}
 unset NUMBA_ENABLE_CUDASIM
 start=$(date +%s)
 "$PY" -c "import numpy, numba, numba_cuda; print('numpy', numpy.__version__, 'numba', numba.__version__, 'numba-cuda', numba_cuda.__version__)" 2>&1 | tee "$OUT/versions.txt"
+if ! "$PY" -c "import numpy, sys; sys.exit(0 if hasattr(numpy, 'row_stack') else 1)"; then
+  echo "issue21k: WARNING: this NumPy has no np.row_stack (NumPy >= 2.5): numba-cuda 0.30.4 cannot compile kernels;" \
+       "put a numpy<2.5 wheel first on PYTHONPATH (qlabref[cuda] pins numpy<2.5)" | tee -a "$OUT/versions.txt"
+fi
 timeout 110 "$PY" -m pytest -q -p no:cacheprovider tests/gpu -k "not cc80" > "$OUT/pytest.log" 2>&1
 pt=$?
 tail -n 4 "$OUT/pytest.log"
