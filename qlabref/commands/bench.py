@@ -24,8 +24,10 @@ DESCRIPTION = (
     "the ratio qlabref/PyTorch and the target verdict (MLP <= 0.85x, paper CNN <= 2.0x PyTorch). Also the fused "
     "line-search probe kernel against NumPy's two passes and a copy of the same bytes (--parts probe), and one "
     "QLABGrad step against one SGD step on mlp/cnn (--parts qlab; target <= 1.35x), and, with a CUDA GPU, the "
-    "CUDA kernels against PyTorch or CuPy. --parts torch-optim: a qlabref.torch.QLABGrad step against torch's SGD step "
-    "and a lean QLAB step on CPU and, where available, CUDA (qlabref.bench_torch_optim). Without torch installed, times qlabref and the NumPy baseline only. "
+    "CUDA kernels on device arrays (--parts gpu: launch overhead, matmul vs cuBLAS with TF32 off, probe vs a "
+    "device copy). --parts torch-optim: a qlabref.torch.QLABGrad step against torch's SGD step "
+    "and a lean QLAB step on CPU and, where available, CUDA (qlabref.bench_torch_optim). --parts tiny: a 2-D "
+    "optimizer step. Without torch installed, times qlabref and the NumPy baseline only. "
     "Writes bench.json and bench.md to --out."
 )
 
@@ -58,8 +60,9 @@ def add_arguments(parser):
                         help=f"timed steps per side (default: 100 mlp, 20 cnn, 8 resnet18; at most {MAX_REPEATS})")
     parser.add_argument("--warmup", type=_args.bounded_int(0, MAX_REPEATS), default=None,
                         help=f"untimed steps per side before timing (default: 10 mlp, 3 cnn, 2 resnet18; at most {MAX_REPEATS})")
-    parser.add_argument("--parts", type=_arg_type(bench.part_names), default=list(bench.PARTS),
-                        help=f"what to measure, comma-separated from {','.join(bench.PARTS)} (default: all)")
+    parser.add_argument("--parts", type=_arg_type(bench.part_names), default=list(bench.DEFAULT_PARTS),
+                        help=f"what to measure, comma-separated from {','.join(bench.PARTS)} or 'all' "
+                             f"(default: {','.join(bench.DEFAULT_PARTS)})")
     parser.add_argument("--seed", type=_args.seed, default=0, help="seed of the weights and the input batch (default 0)")
     parser.add_argument("--no-torch", action="store_true",
                         help="skip the PyTorch baseline (as if torch were not installed)")
