@@ -21,6 +21,11 @@ _BASIC_INDEX = (int, np.integer, slice, type(None), type(Ellipsis))
 
 
 def _broadcast_shape(name, a, b):
+    sa, sb = a.shape, b.shape
+    if sa == sb or not sb:  # the common cases (same shape, a scalar operand) need no NumPy call
+        return sa
+    if not sa:
+        return sb
     try:
         return np.broadcast_shapes(a.shape, b.shape)
     except ValueError:
