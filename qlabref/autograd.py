@@ -164,27 +164,29 @@ class Function:
         for x in inputs:
             if isinstance(x, Tensor):
                 d = x._data.dtype
-                dtype = d if d in _FLOAT_DTYPES else None
+                if d in _FLOAT_DTYPES:
+                    dtype = d
                 break
         tensors = []
-        needs = False
+        arrays = []
+        flags = []
         for x in inputs:
-            if isinstance(x, Tensor):
-                if x.requires_grad:
-                    needs = True
-            elif dtype is not None and type(x) in _PY_NUMBERS:
-                x = Tensor._from_op(np.array(x, dtype=dtype), False)  # what as_tensor(x, dtype) gives
-            else:
-                x = _as_tensor(x, dtype)
+            if not isinstance(x, Tensor):
+                if dtype is not None and type(x) in _PY_NUMBERS:
+                    x = Tensor._from_op(np.array(x, dtype=dtype), False)  # what as_tensor(x, dtype) gives
+                else:
+                    x = _as_tensor(x, dtype)
             tensors.append(x)
+            arrays.append(x._data)
+            flags.append(x.requires_grad)
         ctx = Context()
-        out = cls.forward(ctx, *[t._data for t in tensors], **kwargs)
-        needs = needs and _flags.grad_enabled
-        result = Tensor._from_op(out, requires_grad=needs)
-        if needs:
-            ctx.needs_input_grad = tuple(t.requires_grad for t in tensors)
+        out = cls.forward(ctx, *arrays, **kwargs)
+        if True in flags and _flags.grad_enabled:
+            result = Tensor._from_op(out, True)
+            ctx.needs_input_grad = tuple(flags)
             result._node = (cls, ctx, tuple(tensors))
-        return result
+            return result
+        return Tensor._from_op(out, False)
 
 
 #: filled on first use with qlabref.tensor.Tensor (tensor.py imports this module, not the reverse)
