@@ -240,17 +240,26 @@ def _topological_order(root):
     return order
 
 
-def _accumulate_leaf(leaf, grad):
-    """Add ``grad`` into ``leaf.grad``. A ``.grad`` that is None (never set, or dropped by
-    ``zero_grad(set_to_none=True)``) is assigned a copy on the first accumulation: one pass, no
-    zero-fill and no ``+=`` (PyTorch's set_to_none). An existing ``.grad`` is added to in place, so
-    that a ``.grad`` which is a view into a flat buffer keeps being that view."""
+def _accumulate_leaf(leaf, grad, adopted=None):
+    """Add ``grad`` into ``leaf.grad``.
+
+    A ``.grad`` that is None (never set, or dropped by ``zero_grad(set_to_none=True)``) is *assigned*
+    on the first accumulation, as PyTorch's set_to_none does: no zero-fill and no ``+=``. The array
+    itself becomes ``.grad`` when this backward pass made it and nothing else can hold it: a fresh
+    array (owns its memory, writeable, the leaf's dtype) that a ``Function.backward`` returned and no
+    other leaf took in this pass (``adopted``: their ids; Add hands one array to both inputs). Anything
+    else is copied: a view (of a broadcast, a reshape, a flat buffer), the caller's ``backward(grad=...)``
+    array (``adopted`` is None), an array a second leaf would share. An existing ``.grad`` is added to in
+    place, so that a ``.grad`` which is a view into a flat buffer keeps being that view."""
     dtype = leaf._data.dtype
     current = leaf._grad
     if current is None:
-        # a copy: ``grad`` may be shared with other leaves (Add hands the same array to both inputs)
-        # or be a read-only broadcast view
-        leaf._grad = np.array(grad, dtype=dtype, copy=True)
+        if (adopted is not None and type(grad) is np.ndarray and grad.base is None and grad.dtype == dtype
+                and grad.flags.writeable and id(grad) not in adopted):
+            adopted.add(id(grad))
+            leaf._grad = grad
+        else:
+            leaf._grad = np.array(grad, dtype=dtype, copy=True)
     else:
         if grad.dtype != dtype:
             grad = grad.astype(dtype)
@@ -273,20 +282,23 @@ def backward(root, grad=None, retain_graph=False, _order=None):
                 f"shape {root.shape}. Pass backward(grad=...) with an array of that shape."
             )
         grad = np.ones_like(root_data)
+        user_grad = None
     else:
         grad = np.asarray(grad.data if hasattr(grad, "data") and not isinstance(grad, np.ndarray) else grad)
         if grad.shape != root_data.shape:
             raise ValueError(f"backward: grad has shape {grad.shape}, the tensor has shape {root_data.shape}")
         grad = grad.astype(root_data.dtype, copy=False)
+        user_grad = grad  # the caller's array: never adopted as a .grad (copied if it reaches a leaf as is)
 
     order = _topological_order(root) if _order is None else _order
     grads = {id(root): grad}
+    adopted = set()  # ids of the arrays that became a leaf's .grad in this pass
     for node in reversed(order):
         g = grads.pop(id(node), None)
         rec = node._node
         if rec is None:  # a leaf
             if g is not None:
-                _accumulate_leaf(node, g)
+                _accumulate_leaf(node, g, None if g is user_grad else adopted)
             continue
         if g is None:
             continue
