@@ -45,9 +45,10 @@ def _booth_grad(th):
     return np.array([2 * a + 4 * b, 4 * a + 2 * b])
 
 
-def _numpy_sides(lr=0.01, betas=(0.9, 0.999), eps=1e-8, pre_lr=0.0625):
-    """The same four jobs in plain NumPy (analytic gradient, no checks, nothing recorded)."""
-    th = np.array(_START)
+def _numpy_sides(lr=0.01, betas=(0.9, 0.999), eps=1e-8, pre_lr=0.0625, th=None):
+    """The same four jobs in plain NumPy (analytic gradient, no checks, nothing recorded); they
+    write the point into ``th`` (a new array unless given)."""
+    th = np.array(_START) if th is None else th
     m = np.zeros(2)
     v = np.zeros(2)
     state = {"t": 0}
