@@ -10,8 +10,10 @@ How a step flows (read this file top to bottom):
    2,000-layer chain works), walks it in reverse, calls each ``backward(ctx, grad_out)`` and
    **reduces every input gradient to that input's shape in one place** (``unbroadcast``), so no op
    has to think about NumPy broadcasting in its backward.
-4. Leaf tensors accumulate into ``.grad`` (``+=`` in place, so a ``.grad`` that is a view into a
-   flat buffer stays a view); the graph's saved arrays are released afterwards.
+4. Leaf tensors accumulate into ``.grad``: a ``.grad`` that is None (``zero_grad()``'s default, as
+   torch's set_to_none) is assigned the gradient, an existing one is added to in place (``+=``, so a
+   ``.grad`` that is a view into a flat buffer stays a view); the graph's saved arrays are released
+   afterwards.
 """
 from __future__ import annotations
 
