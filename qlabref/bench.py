@@ -73,8 +73,8 @@ QLAB_SGD_TARGET = 1.35
 PROBE_SPEEDUP_TARGET = 2.0
 PROBE_COPY_TARGET = 0.8
 #: the parts ``qlabref bench`` can measure (``--parts``)
-PARTS = ("steps", "probe", "qlab", "torch-optim", "gpu")
-#: what a plain ``qlabref bench`` measures; the others on request (``--parts torch-optim,gpu`` or ``all``)
+PARTS = ("steps", "probe", "qlab", "tiny", "torch-optim", "gpu")  # tiny: a 2-D optimizer step (bench_tiny.py)
+#: what a plain ``qlabref bench`` measures; the others on request (``--parts tiny,torch-optim,gpu`` or ``all``)
 DEFAULT_PARTS = ("steps", "probe", "qlab")
 
 #: The variables that fix the BLAS/OpenMP thread count of a fresh process.
@@ -391,6 +391,10 @@ def measure(models, *, threads=1, batch=None, repeats=None, warmup=None, use_tor
     if "qlab" in parts:
         run["qlab"] = [measure_qlab(name, batch=batch, repeats=repeats, warmup=warmup, seed=seed, log=log)
                        for name in models if name in ("mlp", "cnn")]
+    if "tiny" in parts:
+        from .bench_tiny import measure_tiny
+
+        run["tiny"] = measure_tiny(repeats=repeats, warmup=warmup, log=log)
     if "torch-optim" in parts:  # qlabref.torch.QLABGrad vs torch SGD and a lean QLAB step (bench_torch_optim)
         from . import bench_torch_optim
 
@@ -676,6 +680,9 @@ def format_extras(runs):
                 f"(θ −= η∇L, nothing recorded): {q['ratios_lean']['per-parameter']:.2f}× / "
                 f"{q['ratios_lean']['flat']:.2f}×; floor 1 + forward/step = {q['floor']:.2f}; "
                 f"target ≤ {q['target']:.2f}× (vs qr.optim.SGD): {q['verdict']}")
+        from .bench_tiny import format_tiny
+
+        lines += format_tiny(run.get("tiny"), tag)
         from . import bench_torch_optim
 
         lines += bench_torch_optim.format_lines(run.get("torch_optim"), f" ({tag})")
