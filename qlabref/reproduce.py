@@ -128,8 +128,8 @@ ORDER = ["qlabgrad", "sgd", "adagrad", "hgd", "lqa", "l4gd",
 
 GRIDS = {
     "mnist-mlp": {"model": "mlp", "seeds": {m: (0, 1, 2) for m in METHODS}},
-    # the CNN: every method of the paper once, QLABGrad and SGD on three seeds, and the remedy the README
-    # recommends (the cap α_t ≤ ᾱ) on the same three seeds as QLABGrad -- as printed, QLABGrad blew up in the
+    # the CNN: every method of the paper once, QLABGrad and SGD on three seeds, and the remedy the results
+    # report (demos/results/README.md) recommends (the cap α_t ≤ ᾱ) on the same three seeds as QLABGrad -- as printed, QLABGrad blew up in the
     # first iterations of seed 1 (α* = 65 at iteration 4) and never recovered
     "mnist-cnn": {"model": "cnn", "seeds": {m: ((0, 1, 2) if m in ("qlabgrad", "sgd", "qlabgrad-cap1") else (0,))
                                            for m in METHODS
