@@ -748,6 +748,16 @@ def _fmt_acc(vals):
     return f"{a.mean():.2f} ± {a.std(ddof=1):.2f} (n={len(a)})"
 
 
+def _save_figure(fig, path):
+    """PNG or SVG with no date and fixed SVG ids, so that rebuilding the tables from the same records gives the
+    same files (a committed figure changes only when its data or its drawing does)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": "qlabref"}):
+        meta = {"Date": None} if path.endswith(".svg") else {}
+        fig.savefig(path, dpi=110, metadata=meta)
+
+
 def write_results(grid, results_dir, quick=False, command=None, wall=None, with_timing=True, with_findplr=True,
                   measure_time=False):
     """``results_dir/<grid>.md`` (and figures in ``results_dir/<grid>/``) from the committed records.
@@ -920,12 +930,12 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
                                    title=f"MNIST {model.upper()}, {title}, seed 0: training loss "
                                          f"(mean per {CURVE_BUCKET} iterations)")
         for fmt in ("png", "svg"):
-            fig.savefig(os.path.join(fig_dir, f"loss-{tag}.{fmt}"), dpi=110)
+            _save_figure(fig, os.path.join(fig_dir, f"loss-{tag}.{fmt}"))
         plt.close(fig)
         fig = runplots.lr_figure([r for r in runs], log=True,
                                  title=f"MNIST {model.upper()}, {title}, seed 0: learning rate (Figure 3{'a' if model == 'mlp' else 'b'})")
         for fmt in ("png", "svg"):
-            fig.savefig(os.path.join(fig_dir, f"lr-{tag}.{fmt}"), dpi=110)
+            _save_figure(fig, os.path.join(fig_dir, f"lr-{tag}.{fmt}"))
         plt.close(fig)
         rel = os.path.relpath(fig_dir, results_dir)
         L += [f"![training loss, {title}]({rel}/loss-{tag}.png)", "",
