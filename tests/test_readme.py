@@ -97,3 +97,15 @@ def test_readme_grid_size_matches_the_code():
     assert m is not None, "demos/guide-training.md lost its line describing `qlabref reproduce mnist-mlp`"
     assert int(m.group(1)) == len(reproduce.GRIDS["mnist-mlp"]["seeds"]) == len(reproduce.METHODS)
     assert all(s == (0, 1, 2) for s in reproduce.GRIDS["mnist-mlp"]["seeds"].values())
+
+
+def test_ci_runs_what_the_readme_test_command_leaves_out():
+    """The README's test command is the fast path (a marker expression that needs neither torch nor the slow
+    tests); .ci/run reads that expression out of the README and runs its complement, so CI runs every test."""
+    first = README.read_text().split("```bash", 1)[1].split("```", 1)[0]
+    test_cmd = next(line for line in first.splitlines() if "pytest" in line)
+    m = re.search(r'-m "([^"]+)"', test_cmd)
+    assert m is not None and "not slow" in m.group(1) and "not torch" in m.group(1), test_cmd
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'sed -n \'s/.*-m "\\([^"]*\\)".*/\\1/p\'' in ci and '-m "not ($expr)" tests' in ci
+    assert "'.[test,crosscheck,dask]'" in ci
