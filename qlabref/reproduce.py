@@ -40,6 +40,17 @@ The protocol, and every choice where the paper is silent (written into the resul
   fully connected layers, ReLU": we use :func:`qr.models.paper_cnn` (32 and 64 channels, 512 hidden).
 - A run whose loss becomes non-finite stops there (status ``diverged``) and reports the test
   accuracy of the parameters it stopped with; it is listed as diverged, never dropped.
+- A run that finished without a non-finite loss but ended near chance after it had learned is listed
+  as ``collapsed`` (:func:`collapse_info`: final test accuracy at most ``COLLAPSE_NEAR_CHANCE`` × chance
+  while an earlier evaluation reached at least ``COLLAPSE_LEARNED`` × chance; chance is 1/10 on MNIST).
+  The tables show it in the failure column, the figures in the legend. ``summary.json`` keeps what
+  :mod:`qlabref.train` wrote (``finished``): "collapsed" is a reading of the record, made here.
+- Time per step (:func:`time_per_step`) is measured only when asked (``--measure-time``) and kept in
+  ``<results>/<grid>/timing.json`` with the machine, the BLAS and the load it was measured under;
+  rebuilding the tables (``--tables-only``) reuses it.
+- The records are deterministic on one machine (a run's ``steps.csv`` is a function of its
+  arguments there), not across machines: another CPU's float32 BLAS sums in another order, and a
+  re-run of two MLP runs on another CPU parted from the records after about 200 steps.
 """
 from __future__ import annotations
 
@@ -54,7 +65,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import numpy as np
 
 __all__ = ["GRIDS", "PAPER_TABLE2", "grid_runs", "run_grid", "write_results", "run_summary_record",
-           "findplr_trace", "findplr_public_code_trace", "time_per_step"]
+           "findplr_trace", "findplr_public_code_trace", "time_per_step", "collapse_info", "run_status",
+           "measure_timing", "load_timing"]
 
 #: Table 2 of the paper: MNIST test accuracy (%)
 PAPER_TABLE2 = {
@@ -116,8 +128,8 @@ ORDER = ["qlabgrad", "sgd", "adagrad", "hgd", "lqa", "l4gd",
 
 GRIDS = {
     "mnist-mlp": {"model": "mlp", "seeds": {m: (0, 1, 2) for m in METHODS}},
-    # the CNN: every method of the paper once, QLABGrad and SGD on three seeds, and the remedy the README
-    # recommends (the cap α_t ≤ ᾱ) on the same three seeds as QLABGrad -- as printed, QLABGrad blew up in the
+    # the CNN: every method of the paper once, QLABGrad and SGD on three seeds, and the remedy the results
+    # report (demos/results/README.md) recommends (the cap α_t ≤ ᾱ) on the same three seeds as QLABGrad -- as printed, QLABGrad blew up in the
     # first iterations of seed 1 (α* = 65 at iteration 4) and never recovered
     "mnist-cnn": {"model": "cnn", "seeds": {m: ((0, 1, 2) if m in ("qlabgrad", "sgd", "qlabgrad-cap1") else (0,))
                                            for m in METHODS
@@ -125,6 +137,58 @@ GRIDS = {
 }
 QUICK = {"iters": 300, "eval_every": 100, "test_limit": 2000, "seeds": (0,)}
 CURVE_BUCKET = 30
+
+#: test accuracy of a guess on MNIST's 10 classes
+CHANCE = 0.1
+#: a finished run "collapsed" when its final test accuracy is at most this many times chance (20%) ...
+COLLAPSE_NEAR_CHANCE = 2.0
+#: ... after an earlier evaluation reached at least this many times chance (50%): it had learned
+COLLAPSE_LEARNED = 5.0
+
+
+def collapse_info(rec, chance=CHANCE):
+    """Whether a run **collapsed**: it finished (no non-finite loss: that is ``diverged``) with a final
+    test accuracy ≤ ``COLLAPSE_NEAR_CHANCE`` × ``chance`` although an earlier evaluation had reached
+    ≥ ``COLLAPSE_LEARNED`` × ``chance``. Returns ``None`` or ``{"best": accuracy, "best_iter": iteration,
+    "at": the first evaluation after the best at or below the near-chance line, "final": accuracy}``.
+    ``rec`` is a committed record (``summary`` and ``evals``)."""
+    s = rec["summary"]
+    final = s.get("final_test_accuracy")
+    if s.get("status") != "finished" or final is None or final > COLLAPSE_NEAR_CHANCE * chance:
+        return None
+    evals = sorted(((int(e["iter"]), e["test_accuracy"]) for e in rec.get("evals") or []
+                    if e.get("test_accuracy") is not None), key=lambda e: e[0])
+    if not evals:
+        return None
+    best_iter, best = max(evals, key=lambda e: (e[1], -e[0]))
+    if best < COLLAPSE_LEARNED * chance:
+        return None
+    at = next((it for it, a in evals if it > best_iter and a <= COLLAPSE_NEAR_CHANCE * chance), evals[-1][0])
+    return {"best": best, "best_iter": best_iter, "at": at, "final": final}
+
+
+def run_status(rec):
+    """``(status, iteration)`` of a record for the tables and figures: ``train``'s status
+    (``finished`` / ``diverged`` / ``failed``, with the iteration it stopped at) or ``collapsed``
+    (:func:`collapse_info`, with the first evaluation at chance after the best one)."""
+    s = rec["summary"]
+    c = collapse_info(rec)
+    if c is not None:
+        return "collapsed", c["at"]
+    return s.get("status"), (s.get("stopped_at_iter") if s.get("status") != "finished" else None)
+
+
+def _failure_text(rec):
+    """One entry of the tables' failure column, or None for a run that did not fail."""
+    st, at = run_status(rec)
+    seed = rec["summary"]["config"]["seed"]
+    if st == "finished":
+        return None
+    if st == "collapsed":
+        c = collapse_info(rec)
+        return (f"s{seed}: collapsed by t={at} ({100 * c['best']:.2f}% at t={c['best_iter']}, "
+                f"{100 * c['final']:.2f}% at the end)")
+    return f"s{seed}: {st} at t={at}"
 
 
 def grid_runs(grid, quick=False, methods=None, seeds=None):
@@ -272,8 +336,11 @@ def run_summary_record(run_id, run_dir, bucket=CURVE_BUCKET):
                   lr_mean=clean(lr["mean"]), lr_max=clean(lr["max"]))
     if np.any(np.isfinite(r["alpha_star"])):
         curves["alpha_star_max"] = clean(_downsample(r["alpha_star"], bucket)["max"])
-    for k in ("versions", "machine"):
-        summary.pop(k, None)
+    # the machine and the BLAS that made the run stay with it (the records are deterministic on one machine,
+    # not across machines); the host name is dropped
+    if isinstance(summary.get("machine"), dict):
+        summary["machine"] = {k: v for k, v in summary["machine"].items() if k != "hostname"}
+    summary["blas"] = blas_info()
     rec = {"run_id": run_id, "summary": summary, "evals": r["evals"], "curves": curves}
     if np.any(np.isfinite(r["a2"])):
         rec["qlab_events"] = qlab_events(r, summary.get("config", {}).get("dtype", "float32"))
@@ -549,6 +616,55 @@ def _time_per_step_one_thread(model, steps, methods=None):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def blas_info():
+    """The BLAS NumPy was built with, as NumPy reports it (``{"name": ..., "version": ...}``), or ``None``."""
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        return {k: blas.get(k) for k in ("name", "version") if blas.get(k) is not None} or None
+    except Exception:  # older NumPy without mode="dicts", or another layout
+        return None
+
+
+def timing_path(results_dir, grid, quick=False):
+    return os.path.join(results_dir, grid + ("-quick" if quick else ""), "timing.json")
+
+
+def measure_timing(grid, results_dir, quick=False):
+    """Measure the time per step of the grid's methods (:func:`time_per_step`, one BLAS thread, in a child
+    process) and write ``timing.json`` next to the records, with the commit, the machine, the BLAS and the
+    1-minute load average before and after. Only ``qlabref reproduce --measure-time`` calls this."""
+    from .train import git_commit, machine_info
+
+    model = GRIDS[grid]["model"]
+    load_before = _load_average()
+    tm = _time_per_step_one_thread(model=model, steps=30 if quick else 200,
+                                   methods=[m for m in ORDER if METHODS[m][3] in ("paper", "beyond")
+                                            and m in GRIDS[grid]["seeds"]])
+    load_after = _load_average()
+    machine = {k: v for k, v in machine_info().items() if k not in ("hostname", "loadavg")}
+    machine["OPENBLAS_NUM_THREADS"] = "1"  # the child's setting (_one_thread_env)
+    rec = {"grid": grid, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
+           "machine": machine, "blas": blas_info(), "load_before": load_before, "load_after": load_after,
+           "steps": 30 if quick else 200, "methods": tm}
+    path = timing_path(results_dir, grid, quick)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(rec, f, indent=1)
+    os.replace(tmp, path)
+    return rec
+
+
+def load_timing(results_dir, grid, quick=False):
+    """The committed time-per-step measurement (``timing.json``), or ``None`` when there is none."""
+    path = timing_path(results_dir, grid, quick)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def _load_average():
     """The 1-minute load average, or None where the OS has none (Windows)."""
     try:
@@ -598,7 +714,7 @@ def load_records(results_dir, grid, quick=False):
     recs = {}
     if os.path.isdir(rec_dir):
         for name in sorted(os.listdir(rec_dir)):
-            if name.endswith(".json") and not name.startswith("."):
+            if name.endswith(".json") and not name.startswith(".") and name != "timing.json":
                 with open(os.path.join(rec_dir, name)) as f:
                     rec = json.load(f)
                 recs[rec["run_id"]] = rec
@@ -613,7 +729,10 @@ def _curve_run(rec):
     """A record's downsampled curves in the shape :mod:`qlabref.runplots` draws."""
     c = rec["curves"]
     arr = lambda k: np.array([np.nan if v is None else v for v in c.get(k, [])], dtype=float)  # noqa: E731
-    summ = rec["summary"]
+    summ = dict(rec["summary"])
+    st, at = run_status(rec)
+    if st == "collapsed":  # the figures' legend says so (qlabref.runplots reads summary["status"])
+        summ.update(status="collapsed", stopped_at_iter=at)
     return {"path": rec["run_id"], "iter": np.array(c["iter"], dtype=float), "loss": arr("loss_mean"),
             "lr": arr("lr_mean"), "pre_lr": arr("lr_mean") * np.nan, "alpha_star": arr("lr_mean") * np.nan,
             "fallback": arr("lr_mean") * np.nan, "a2": arr("lr_mean") * np.nan, "evals": rec.get("evals", []),
@@ -629,8 +748,23 @@ def _fmt_acc(vals):
     return f"{a.mean():.2f} ± {a.std(ddof=1):.2f} (n={len(a)})"
 
 
-def write_results(grid, results_dir, quick=False, command=None, wall=None, with_timing=True, with_findplr=True):
-    """``results_dir/<grid>.md`` (and figures in ``results_dir/<grid>/``) from the committed records."""
+def _save_figure(fig, path):
+    """PNG or SVG with no date and fixed SVG ids, so that rebuilding the tables from the same records gives the
+    same files (a committed figure changes only when its data or its drawing does)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": "qlabref"}):
+        meta = {"Date": None} if path.endswith(".svg") else {}
+        fig.savefig(path, dpi=110, metadata=meta)
+
+
+def write_results(grid, results_dir, quick=False, command=None, wall=None, with_timing=True, with_findplr=True,
+                  measure_time=False):
+    """``results_dir/<grid>.md`` (and figures in ``results_dir/<grid>/``) from the committed records.
+
+    The time per step comes from the committed ``timing.json`` (:func:`load_timing`); it is measured
+    again only with ``measure_time=True`` (:func:`measure_timing`). ``with_timing=False`` leaves the
+    timing out of the tables."""
     from . import runplots
     from .train import git_commit
 
@@ -657,13 +791,10 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
           f"Quick form: {QUICK['iters']} iterations, seed 0, test accuracy on the first {QUICK['test_limit']} test "
           "images. It checks the pipeline, not the paper's numbers.", ""]
 
-    tm = None
-    if with_timing:  # measured first, so that every table can show each method's time per step
-        load_before = _load_average()
-        tm = _time_per_step_one_thread(model=model, steps=30 if quick else 200,
-                                       methods=[m for m in ORDER if METHODS[m][3] in ("paper", "beyond")
-                                                and m in GRIDS[grid]["seeds"]])
-        load_after = _load_average()
+    tm = timing = None
+    if with_timing:  # before the tables, so that every table can show each method's time per step
+        timing = measure_timing(grid, results_dir, quick) if measure_time else load_timing(results_dir, grid, quick)
+        tm = timing["methods"] if timing else None
 
     def table(group, title, paper=True, reference=()):
         rows = [m for m in ORDER if METHODS[m][3] == group and m in by_method]
@@ -671,13 +802,12 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
             return []
         rows = rows + [m for m in reference if m in by_method]
         out = [f"## {title}", "", "| method | settings | test accuracy % (mean ± sd over seeds) | paper | "
-               "diverged/failed | QLAB fallback α=ᾱ | final train loss (mean of last 100) | time/step × SGD |",
+               "diverged/collapsed/failed | QLAB fallback α=ᾱ | final train loss (mean of last 100) | time/step × SGD |",
                "|---|---|---|---|---|---|---|---|"]
         for m in rows:
             rs = sorted(by_method[m], key=lambda r: r["summary"]["config"]["seed"])
             accs = [r["summary"].get("final_test_accuracy") for r in rs if r["summary"].get("final_test_accuracy") is not None]
-            bad = [f"s{r['summary']['config']['seed']}: {r['summary']['status']} at t={r['summary'].get('stopped_at_iter')}"
-                   for r in rs if r["summary"]["status"] != "finished"]
+            bad = [t for t in (_failure_text(r) for r in rs) if t]
             fb = [r["summary"].get("fallback_fraction") for r in rs if r["summary"].get("fallback_fraction") is not None]
             tl = [r["summary"].get("final_train_loss_mean_last_100") for r in rs]
             tl = [v for v in tl if v is not None and math.isfinite(v)]
@@ -718,7 +848,8 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
             s_ = r["summary"]
             ev = {int(e["iter"]): e["test_accuracy"] for e in r.get("evals", [])}
             accs = " | ".join(f"{100 * ev[k]:.2f}" if k in ev else "—" for k in marks)
-            st = s_["status"] + (f" at {s_.get('stopped_at_iter')}" if s_["status"] != "finished" else "")
+            st_, at_ = run_status(r)
+            st = st_ + (f" at {at_}" if st_ in ("diverged", "failed") else f" by {at_}" if st_ == "collapsed" else "")
             fa = s_.get("final_test_accuracy")
             fb = s_.get("fallback_fraction")
             L.append(f"| {r['run_id']} | {st} | {accs} | {f'{100 * fa:.2f}' if fa is not None else '—'} | "
@@ -781,22 +912,30 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
         runs = [_curve_run(r) for m in ORDER if picks[group](m)
                 for r in sorted(by_method.get(m, []), key=lambda r: r["summary"]["config"]["seed"])
                 if r["summary"]["config"]["seed"] == 0]
-        if not runs:
+        own = [r for r in runs if _method_of(r["path"]) not in ("sgd", "qlabgrad")]
+        tag = {"paper": "methods", "remedy": "remedies", "decay": "decay", "beyond": "beyond"}[group]
+        if not own:  # only the two reference runs: no figure (and none left over from an older grid)
+            for stale in (f"loss-{tag}.png", f"loss-{tag}.svg", f"lr-{tag}.png", f"lr-{tag}.svg"):
+                if os.path.isfile(os.path.join(fig_dir, stale)):
+                    os.remove(os.path.join(fig_dir, stale))
+            if group == "beyond" and runs:
+                L += [f"No \"{title}\" figure: the learning-rate-free methods that followed the paper run on the MLP "
+                      "grid only (`qlabref.reproduce.GRIDS`), so this grid has no record of them to draw beside "
+                      "QLABGrad and SGD.", ""]
             continue
         plt = runplots._plt()
-        tag = {"paper": "methods", "remedy": "remedies", "decay": "decay", "beyond": "beyond"}[group]
         zoom = ((0, 10000 if not quick else 100, 0, 0.2) if model == "mlp" else
                 (20000 if not quick else 200, 30000 if not quick else 300, 0, 0.2))
         fig = runplots.loss_figure(runs, smooth=max(1, 100 // CURVE_BUCKET), zoom=zoom, raw=False,
                                    title=f"MNIST {model.upper()}, {title}, seed 0: training loss "
                                          f"(mean per {CURVE_BUCKET} iterations)")
         for fmt in ("png", "svg"):
-            fig.savefig(os.path.join(fig_dir, f"loss-{tag}.{fmt}"), dpi=110)
+            _save_figure(fig, os.path.join(fig_dir, f"loss-{tag}.{fmt}"))
         plt.close(fig)
         fig = runplots.lr_figure([r for r in runs], log=True,
                                  title=f"MNIST {model.upper()}, {title}, seed 0: learning rate (Figure 3{'a' if model == 'mlp' else 'b'})")
         for fmt in ("png", "svg"):
-            fig.savefig(os.path.join(fig_dir, f"lr-{tag}.{fmt}"), dpi=110)
+            _save_figure(fig, os.path.join(fig_dir, f"lr-{tag}.{fmt}"))
         plt.close(fig)
         rel = os.path.relpath(fig_dir, results_dir)
         L += [f"![training loss, {title}]({rel}/loss-{tag}.png)", "",
@@ -848,14 +987,27 @@ def write_results(grid, results_dir, quick=False, command=None, wall=None, with_
             L.append(f"| {m}{tag} | {v['ms']:.2f} | {v['ratio']:.2f} | {q} | "
                      f"{PAPER_TIME.get(m, 1.0 if m == 'sgd' else '—')} |")
         L.append("")
-        L.append("‡ beyond the paper (not in its comparison).")
+        if any(METHODS[m][3] == "beyond" for m in tm):
+            L += ["‡ beyond the paper (not in its comparison).", ""]
+        mach = timing.get("machine") or {}
+        blas = timing.get("blas") or {}
+        where = ", ".join(x for x in (mach.get("processor"), f"{mach['cpu_count']} cores" if mach.get("cpu_count") else None,
+                                      " ".join(str(v) for v in blas.values()) if blas else None) if x)
+        lb, la = timing.get("load_before"), timing.get("load_after")
+        L.append(f"Measured on {timing.get('measured', '?')} at commit `{(timing.get('commit') or '?')[:10]}`"
+                 + (f" ({where})" if where else "") + "; kept in "
+                 f"`{os.path.relpath(timing_path(results_dir, grid, quick), results_dir)}` and reused when the tables are "
+                 "rebuilt (`qlabref reproduce --measure-time` measures again)."
+                 + (f" 1-minute load average {lb:.2f} before and {la:.2f} after; other processes (grid runs) shared "
+                    "the machine, and load that is steady over a round cancels in the ratios, so the quartiles show how "
+                    "much it did not." if lb is not None and la is not None else "")
+                 + (" " + timing["note"] if timing.get("note") else ""))
         L.append("")
-        if load_before is not None:
-            L.append(f"Machine load during the measurement: 1-minute load average {load_before:.2f} before and "
-                     f"{load_after:.2f} after, on {os.cpu_count()} cores. Other processes (grid runs) share the "
-                     "machine; load that is steady over a round cancels in the ratios, so the quartiles show "
-                     "how much it did not.")
-            L.append("")
+    elif with_timing:
+        L += ["## Time per step relative to SGD", "",
+              f"Not measured for this results folder: `qlabref reproduce {grid}{' --quick' if quick else ''} "
+              "--tables-only --measure-time` measures it (one process, one BLAS thread) and keeps it in "
+              f"`{os.path.relpath(timing_path(results_dir, grid, quick), results_dir)}`.", ""]
     L += _provenance(recs, quick)
     total = (wall or 0.0) + (time.time() - t_start)
     L[2] = L[2].replace("WALL", f"{total:.0f}")

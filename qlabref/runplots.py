@@ -9,8 +9,14 @@ configuration (optimizer, the options given, schedule, seed). Conventions:
   run has more points than the figure has pixels, so no spike is hidden by thinning), the smoothed
   loss (moving average over ``smooth`` iterations) as a solid line;
 - a run that stopped early (``diverged`` / ``failed`` / ``interrupted`` in ``summary.json``) says so
-  in the legend, with the iteration, and ends with an ×. Its loss is **clipped** to the y-range of
-  the other runs (the legend says "clipped"), so one diverging run does not squash the rest;
+  in the legend, with the iteration, and ends with an ×; a run marked ``collapsed`` (by
+  :mod:`qlabref.reproduce`) says so too;
+- the loss figures take their y-range from the data, whatever a run's status (:func:`loss_ylimits`):
+  each run's typical top (its first value or the 99th percentile of its curve, whichever is larger) is found, and the range goes up to the
+  highest typical top within ``EXPLODE`` (3×) of the lower quartile of them (so up to three quarters
+  of the runs may explode without setting the scale). Every value above it is
+  **clipped** to the top edge and marked ▲ (the legend says "clipped ▲"), so a run that explodes,
+  even one that "finished", cannot squash the runs that trained;
 - iteration axes start at 0 (no negative ticks); ``log=True`` puts the y-axis on a log scale.
 
 Every function returns the matplotlib ``Figure``; :func:`plot_runs` writes PNG and SVG.
@@ -24,7 +30,7 @@ import os
 
 import numpy as np
 
-__all__ = ["load_run", "lr_figure", "loss_figure", "qlab_figure", "plot_runs", "run_label"]
+__all__ = ["load_run", "lr_figure", "loss_figure", "qlab_figure", "plot_runs", "run_label", "loss_ylimits"]
 
 _COLORS = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
@@ -161,13 +167,45 @@ def _ylimits(runs, key, log, smooth):
     return min(lo - pad, 0.0) if lo >= 0 else lo - pad, hi + pad
 
 
+#: a run whose typical top is more than this many times the median run's is clipped in the loss figures
+EXPLODE = 3.0
+
+
+def loss_ylimits(curves, log=False, explode=EXPLODE):
+    """``(lo, hi)`` for a loss figure from the curves themselves (one array per run, any status): the
+    typical top of a run is the larger of its first finite value and the 99th percentile of its finite
+    values; ``hi`` is the largest typical top
+    not above ``explode`` × the median typical top, padded by 5% (×1.5 on a log scale). Values above
+    ``hi`` are to be clipped and marked. ``None`` when no curve has a finite value."""
+    tops, lows = [], []
+    for y in curves:
+        y = np.asarray(y, dtype=float)
+        y = y[np.isfinite(y)]
+        if log:
+            y = y[y > 0]
+        if len(y):  # the start counts: every run starts from the initial loss, a scale all runs share
+            tops.append(max(float(np.percentile(y, 99)), float(y[0])))
+            lows.append(float(np.min(y)))
+    if not tops:
+        return None
+    ref = float(np.percentile(tops, 25))  # robust: up to three quarters of the runs may explode
+    hi = max(t for t in tops if t <= explode * ref) if ref > 0 else max(tops)
+    lo = min(lows)
+    if log:
+        return lo / 1.5, hi * 1.5
+    pad = 0.05 * (hi - lo if hi > lo else abs(hi) or 1.0)
+    return (min(lo - pad, 0.0) if lo >= 0 else lo - pad), hi + pad
+
+
 def _label_with_status(run, clipped):
     label = run_label(run)
     status, at = _stopped(run)
     if status:
         label += f" — {status} at t={at}"
+    elif (run.get("summary") or {}).get("status") == "collapsed":
+        label += f" — collapsed by t={(run.get('summary') or {}).get('stopped_at_iter')}"
     if clipped:
-        label += ", clipped"
+        label += ", clipped ▲"
     return label
 
 
@@ -212,10 +250,10 @@ def loss_figure(runs, smooth=100, zoom=None, log=False, title=None, raw=True):
     (moving average over ``smooth`` iterations); ``zoom=(x0, x1, y0, y1)`` adds an inset."""
     plt = _plt()
     runs = [load_run(r) if isinstance(r, (str, os.PathLike)) else r for r in runs]
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 5.5 + (0.2 * ((len(runs) + 1) // 2) if zoom is not None else 0.0)))
     for r in runs:
         r["_smooth"] = _moving_average(r["loss"], smooth)
-    ylim = _ylimits(runs, "_smooth" if not raw else "loss", log, smooth)
+    ylim = loss_ylimits([r["_smooth"] if not raw else r["loss"] for r in runs], log)
     if ylim is not None and not log:
         ylim = (max(ylim[0], 0.0) if min(np.nanmin(r["loss"]) for r in runs if len(r["loss"])) >= 0 else ylim[0],
                 ylim[1])
@@ -229,7 +267,9 @@ def loss_figure(runs, smooth=100, zoom=None, log=False, title=None, raw=True):
         color = _COLORS[i % len(_COLORS)]
         x, y, ys = r["iter"], r["loss"], r["_smooth"]
         hi_lim = ylim[1] if ylim else np.inf
-        clipped = bool(np.any(np.isfinite(y) & (y > hi_lim))) or bool(np.any(~np.isfinite(y)))
+        shown = ys if not raw else y
+        over = ~np.isfinite(shown) | (np.isfinite(shown) & (shown > hi_lim))
+        clipped = bool(np.any(over))
         for a in axes:
             yc = np.where(np.isfinite(y), y, hi_lim) if np.isfinite(hi_lim) else y
             yc = np.minimum(yc, hi_lim)  # clipped runs run along the top edge
@@ -245,6 +285,10 @@ def loss_figure(runs, smooth=100, zoom=None, log=False, title=None, raw=True):
             if status and len(x):
                 last = np.nanmax(ys[np.isfinite(ys)][-1:]) if np.any(np.isfinite(ys)) else hi_lim
                 a.plot([x[-1]], [min(last, hi_lim)], "x", color=color, ms=9, mew=2)
+        if clipped and np.isfinite(hi_lim) and len(x):
+            # ▲ at the start of every stretch above the range (at most 20 per run), on the main panel
+            starts = np.flatnonzero(over & ~np.concatenate(([False], over[:-1])))[:20]
+            ax.plot(x[starts], np.full(len(starts), hi_lim), "^", color=color, ms=7, clip_on=False)
     if log:
         for a in axes:
             a.set_yscale("log")
@@ -262,7 +306,10 @@ def loss_figure(runs, smooth=100, zoom=None, log=False, title=None, raw=True):
     ax.set_ylabel("training loss (minibatch cross-entropy)" + (", log scale" if log else ""))
     ax.set_title(title or f"Training loss (the paper's Figures 4–7): band = raw, line = moving average over {smooth}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left" if inset is not None else "best")
+    if inset is not None:  # below the axes: a legend inside would cover the inset or the curves
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, frameon=False)
+    else:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 

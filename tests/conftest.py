@@ -2,7 +2,9 @@
 
 - ``torch``: the torch module for cross-checks. Without torch installed the test is skipped, unless
   ``QLABREF_REQUIRE_TORCH=1`` (set by ``.ci/run``), in which case it fails: CI cannot pass while the
-  PyTorch cross-checks silently skip.
+  PyTorch cross-checks silently skip. Every test that uses this fixture gets the ``torch`` marker
+  (``pytest_collection_modifyitems`` below), so the README's light test command (``-m "not slow and
+  not torch"``) never needs torch, and CI's second pass (the complement) runs them all.
 - ``rng``: a NumPy Generator with a fresh seed per test run (printed on failure), so tests use new
   random inputs rather than numbers frozen into the test; set ``QLABREF_TEST_SEED`` to replay.
 - hypothesis profile "ci": bounded examples and no deadline (CI machines are slow and shared).
@@ -33,6 +35,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     # also under -q (which hides the header): a failure can always be replayed
     if exitstatus != 0:
         terminalreporter.write_line(f"qlabref test seed: QLABREF_TEST_SEED={_SEED} (set it to replay the random inputs)")
+
+
+def pytest_collection_modifyitems(config, items):
+    # a test that needs torch (or an oracle package of the `crosscheck` extra, which all depend on torch)
+    # asks for the `torch` fixture: mark it, so that one marker expression splits the suite
+    for item in items:
+        if "torch" in getattr(item, "fixturenames", ()) and item.get_closest_marker("torch") is None:
+            item.add_marker(pytest.mark.torch)
 
 
 @pytest.fixture

@@ -129,6 +129,7 @@ def test_argument_types():
         _args.seed("-1")
 
 
+@pytest.mark.slow  # > 3 s: off the README's fast path, run by CI
 def test_trajectories_writes_each_function_as_it_is_done(tmp_path, capsys, monkeypatch):
     """Results are written as they are produced: when the second function starts, the first one's
     figures and a partial table already exist."""

@@ -96,8 +96,7 @@ def test_bad_option_is_a_usage_error(capsys):
     assert "unknown model" in capsys.readouterr().err
 
 
-def test_command_runs_in_a_child_and_writes_its_record(tmp_path, capsys):
-    pytest.importorskip("torch")
+def test_command_runs_in_a_child_and_writes_its_record(tmp_path, capsys, torch):
     out = tmp_path / "bench"
     code = cli.main(["bench", "--models", "mlp", "--repeats", "2", "--warmup", "1", "--batch", "4",
                      "--out", str(out)])
@@ -119,6 +118,7 @@ def test_command_runs_in_a_child_and_writes_its_record(tmp_path, capsys):
     assert "| mlp | 4 |" in (out / "bench.md").read_text()
 
 
+@pytest.mark.slow  # > 3 s: off the README's fast path, run by CI
 def test_command_without_torch_times_qlabref_and_numpy(tmp_path, capsys):
     out = tmp_path / "b"
     code = cli.main(["bench", "--models", "mlp", "--repeats", "2", "--warmup", "0", "--batch", "2", "--no-torch",

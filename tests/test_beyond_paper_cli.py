@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
@@ -46,6 +47,7 @@ def test_trajectories_with_the_group(tmp_path, capsys):
     assert record["protocol"]["settings"]["booth"]["prodigy"] == [{}]
 
 
+@pytest.mark.slow  # > 3 s: off the README's fast path, run by CI
 def test_demo_can_add_optimizers(tmp_path, capsys):
     out = tmp_path / "d"
     assert cli.main(["demo", "--out", str(out), "--starts", "1", "--steps", "100", "--optimizers", "prodigy"]) == 0

@@ -19,6 +19,7 @@ import qlabref as qr  # noqa: E402
 from qlabref import cli  # noqa: E402
 
 
+@pytest.mark.slow  # > 3 s: off the README's fast path, run by CI
 def test_demo_writes_figures_and_table(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--starts", "2", "--steps", "300"]) == 0
@@ -40,6 +41,7 @@ def test_demo_writes_figures_and_table(tmp_path, capsys):
     assert "qlabref demo: done in" in text
 
 
+@pytest.mark.slow  # > 3 s: off the README's fast path, run by CI
 def test_trajectories_command_options(tmp_path, capsys):
     out = tmp_path / "t"
     rc = cli.main(["trajectories", "--functions", "booth", "--starts", "2", "--steps", "200",
@@ -94,6 +96,7 @@ def test_explain_numbers_match_the_paper_equations():
         assert v == pytest.approx(fn.f(theta - a * g), rel=1e-12)
 
 
+@pytest.mark.slow  # > 3 s: off the README's fast path, run by CI
 def test_explain_model_option(tmp_path, capsys):
     assert cli.main(["explain", "--model", "mlp", "--step", "2", "--batch", "16", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "explain_model_mlp_qlabgrad_step2.png").exists()

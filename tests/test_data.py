@@ -43,6 +43,7 @@ def write_mnist_folder(folder, rng, n_train=40, n_test=12, gz=True):
 
 
 # ------------------------------------------------------------------------------------ real MNIST
+@pytest.mark.slow  # > 3 s: off the README's fast path, run by CI
 def test_real_mnist_fetch(mnist_cache):
     with open(mnist_cache, "rb") as f:
         assert f.read(2) == b"PK"  # an npz (zip), written by the real fetch in this session

@@ -30,6 +30,7 @@ TOL = {np.float32: 2e-5, np.float64: 1e-12}
 @settings(max_examples=25)
 @given(m=st.integers(1, 40), k=st.integers(1, 70), n=st.integers(1, 40), ta=st.booleans(), tb=st.booleans(),
        dt=st.sampled_from(FLOATS), seed=st.integers(0, 2**31))
+@pytest.mark.slow  # > 3 s: off the README's fast path, run by CI
 def test_cpu_matmul_matches_numpy(m, k, n, ta, tb, dt, seed):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(dt)

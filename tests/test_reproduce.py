@@ -25,7 +25,8 @@ def cli(*args):
 def quick_grid(tmp_path_factory, mnist_cache):
     root = tmp_path_factory.mktemp("repro")
     runs, results = root / "runs", root / "results"
-    res = cli("reproduce", "mnist-mlp", "--quick", "--runs-dir", str(runs), "--results", str(results))
+    res = cli("reproduce", "mnist-mlp", "--quick", "--runs-dir", str(runs), "--results", str(results),
+              "--measure-time")
     assert res.returncode == 0, res.stderr[-3000:]
     return runs, results, res
 
@@ -69,6 +70,9 @@ def test_quick_grid_writes_tables_and_figures(quick_grid):
             own = json.load(f)
         row = next(line for line in md.splitlines() if line.startswith(f"| {rid} | {own['status']} | `"))
         assert f"`{own['git_commit'][:10]}`" in row and f"--optimizer {own['config']['optimizer']} " in row
+        # the record keeps the machine that made it (without the host name) and the BLAS
+        assert s["machine"]["cpu_count"] == own["machine"]["cpu_count"] and "hostname" not in s["machine"]
+        assert "blas" in s
     assert "## Provenance" in md
 
 
@@ -124,12 +128,15 @@ def test_cnn_quick_grid(tmp_path, mnist_cache):
     """The CNN grid's pipeline, small: QLABGrad and SGD on the paper CNN, its tables beside the paper's CNN
     numbers, the FindPLR trace on the CNN and the time per step."""
     res = cli("reproduce", "mnist-cnn", "--quick", "--methods", "qlabgrad", "sgd", "--runs-dir", str(tmp_path / "runs"),
-              "--results", str(tmp_path / "results"))
+              "--results", str(tmp_path / "results"), "--measure-time")
     assert res.returncode == 0, res.stderr[-3000:]
     md = (tmp_path / "results" / "mnist-cnn-quick.md").read_text()
     assert "| 99.18 |" in md and "| 99.09 |" in md  # the paper's CNN column, not the MLP's
     assert "FindPLR from 1e-5 on the CNN" in md and "| float64 | 1 |" in md
     assert "Time per step relative to SGD" in md and "| lqa |" in md and "partial grid" in md
+    timing = json.loads((tmp_path / "results" / "mnist-cnn-quick" / "timing.json").read_text())
+    assert timing["machine"]["cpu_count"] == os.cpu_count() and "hostname" not in timing["machine"]
+    assert set(timing["methods"]) >= {"qlabgrad", "sgd", "lqa"} and timing["methods"]["sgd"]["ratio"] == 1.0
     recs = reproduce.load_records(str(tmp_path / "results"), "mnist-cnn", quick=True)
     assert set(recs) == {"qlabgrad-s0", "sgd-s0"}
     from qlabref import models

@@ -291,6 +291,7 @@ def test_data_info_and_plain_progress(idx_dir, tmp_path):
     assert info.returncode in (0, 1) and "mnist" in info.stdout
 
 
+@pytest.mark.slow  # > 3 s: off the README's fast path, run by CI
 def test_one_writer_per_run_directory(idx_dir, tmp_path):
     """A second process resuming a folder that a running process trains into is refused (exit 2),
     and the running one finishes with the same records as an undisturbed run."""

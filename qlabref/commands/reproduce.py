@@ -31,8 +31,13 @@ def add_arguments(parser):
                         help="where run directories (checkpoints, full records) go (default runs/reproduce)")
     parser.add_argument("--results", default="demos/results", metavar="DIR",
                         help="where the small per-run records, tables and figures go (default demos/results)")
-    parser.add_argument("--tables-only", action="store_true", help="do not run anything; rebuild the tables")
-    parser.add_argument("--no-timing", action="store_true", help="skip the time-per-step measurement")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="run no training; rebuild the tables and figures from the committed records (the time per "
+                             "step is the committed one, RESULTS/<grid>/timing.json, unless --measure-time)")
+    parser.add_argument("--measure-time", action="store_true",
+                        help="measure the time per step again (one process, one BLAS thread; minutes) and keep it in "
+                             "RESULTS/<grid>/timing.json with the machine, the BLAS and the load")
+    parser.add_argument("--no-timing", action="store_true", help="leave the time per step out of the tables")
     parser.add_argument("--no-findplr", action="store_true", help="skip the FindPLR trace")
 
 
@@ -42,6 +47,8 @@ def run(args) -> int:
     from .. import reproduce
     from ..train import check_out_dir
 
+    if args.measure_time and args.no_timing:
+        raise UsageError("--measure-time and --no-timing contradict each other: give one")
     if args.jobs is not None and not 1 <= args.jobs <= 64:
         raise UsageError(f"--jobs {args.jobs}: expected 1..64")
     if args.seeds is not None and any(s < 0 for s in args.seeds):
@@ -76,7 +83,8 @@ def run(args) -> int:
                                       methods=args.methods, seeds=args.seeds, dask=args.dask)
     cmd = "qlabref reproduce " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else f"qlabref reproduce {args.grid}"
     path = reproduce.write_results(args.grid, args.results, quick=args.quick, command=cmd, wall=time.time() - t0,
-                                   with_timing=not args.no_timing, with_findplr=not args.no_findplr)
+                                   with_timing=not args.no_timing, with_findplr=not args.no_findplr,
+                                   measure_time=args.measure_time)
     print(path)
     bad = [k for k, v in statuses.items() if v not in ("finished", "diverged", "failed")]
     if bad:
