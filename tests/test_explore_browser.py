@@ -25,6 +25,9 @@ CHROMIUM = os.environ.get("QLABREF_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 GRID, STEPS = 3, 40
+# a real browser is heavy: off the README's fast path, run by CI's second pass (which installs Chromium and
+# the `browser` extra, and sets QLABREF_REQUIRE_BROWSER=1)
+pytestmark = pytest.mark.slow
 
 
 def _need_browser():
@@ -32,7 +35,7 @@ def _need_browser():
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        missing = "playwright is not installed (pip install playwright; the test extra has it)"
+        missing = "playwright is not installed (pip install '.[browser]')"
     if missing is None and not Path(CHROMIUM).exists():
         missing = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
     if missing:

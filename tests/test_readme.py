@@ -108,4 +108,4 @@ def test_ci_runs_what_the_readme_test_command_leaves_out():
     assert m is not None and "not slow" in m.group(1) and "not torch" in m.group(1), test_cmd
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'sed -n \'s/.*-m "\\([^"]*\\)".*/\\1/p\'' in ci and '-m "not ($expr)" tests' in ci
-    assert "'.[test,crosscheck,dask]'" in ci
+    assert "'.[test,crosscheck,dask,browser]'" in ci
