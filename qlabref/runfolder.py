@@ -36,6 +36,7 @@ import math
 import os
 import platform
 import zipfile
+from collections import OrderedDict
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class RunFolderError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- encoding
-_TAGS = ("float", "array", "scalar", "tuple", "dict")
+_TAGS = ("float", "array", "scalar", "tuple", "dict", "odict")
 
 
 def encode(obj, arrays):
@@ -81,7 +82,8 @@ def encode(obj, arrays):
     if isinstance(obj, list):
         return [encode(v, arrays) for v in obj]
     if isinstance(obj, dict):
-        return {"dict": [[encode(k, arrays), encode(v, arrays)] for k, v in obj.items()]}
+        tag = "odict" if isinstance(obj, OrderedDict) else "dict"
+        return {tag: [[encode(k, arrays), encode(v, arrays)] for k, v in obj.items()]}
     raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint")
 
 
@@ -116,7 +118,7 @@ def decode(data, arrays, used, where="state"):
         raise ValueError(f"{where}: {tag} must hold a list")
     if tag == "tuple":
         return tuple(decode(v, arrays, used, f"{where}[{i}]") for i, v in enumerate(value))
-    out = {}
+    out = OrderedDict() if tag == "odict" else {}
     for i, pair in enumerate(value):
         if not isinstance(pair, list) or len(pair) != 2:
             raise ValueError(f"{where}: dict item {i} is not a [key, value] pair")
@@ -217,10 +219,7 @@ def parse_record_bytes(blob: bytes, key, path):
     if "\x00" in text:
         raise RunFolderError(f"{path}: holds NUL bytes at offset {text.index(chr(0))} (damaged)")
     lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    else:
-        raise RunFolderError(f"{path}: the last line is cut off (no newline at the end)")
+    torn = lines.pop()  # "" when the bytes end at a row boundary
     header = tuple(name for name, _, _ in schema)
     if not lines or tuple(lines[0].split(",")) != header:
         raise RunFolderError(f"{path}: line 1 is not the header {','.join(header)}")
@@ -236,6 +235,9 @@ def parse_record_bytes(blob: bytes, key, path):
             except ValueError as exc:
                 raise RunFolderError(f"{path}: line {n}, column {name}: {exc}") from None
         rows.append(row)
+    if torn:
+        raise RunFolderError(f"{path}: line {len(lines) + 1} is cut off where the checkpoint's rows should end "
+                             f"(rows before the checkpoint were edited or damaged)")
     return rows
 
 
