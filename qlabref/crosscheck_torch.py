@@ -328,7 +328,8 @@ def check_inputs(X, y, *, steps, batch_size, seed=0, dtype="float64", loss="cros
     whole("batch_size", batch_size, 1, min(len(X), MAX_BATCH))
     if X.dtype.kind == "f" and not np.isfinite(X).all():
         raise ValueError(f"crosscheck: X holds {int(X.size - np.isfinite(X).sum())} NaN/inf values")
-    X = X.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # reported below, by name
+        X = X.astype(dtype, copy=False)
     if not np.isfinite(X).all():
         raise ValueError(f"crosscheck: X has values too large for {dtype} (they become inf)")
     if loss == "cross_entropy":

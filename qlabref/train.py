@@ -364,7 +364,7 @@ def check_out_dir(out, resume=False, create=True):
         raise ValueError("no output folder given (out / --out)")
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out}: exists and is not a folder")
+        raise ValueError(f"--out {out}: exists and is a file, not a folder")
     if not create and not os.path.exists(out):
         parent = os.path.dirname(os.path.abspath(out))
         while not os.path.exists(parent):

@@ -235,7 +235,7 @@ def test_figures(idx_dir, tmp_path):
 
 
 BAD = [
-    (["train", "--out", "FILE"], "exists and is not a folder"),
+    (["train", "--out", "FILE"], "is a file, not a folder"),
     (["train", "--out", "OUT", "--optimizer", "nope"], "unknown optimizer 'nope'"),
     (["train", "--out", "OUT", "--optimizer", "sgd", "--opt", "lr"], "expected key=value"),
     (["train", "--out", "OUT", "--optimizer", "sgd", "--opt", "bogus=1"], "bogus"),
