@@ -878,6 +878,11 @@ def resume(out, data=None, quiet=False, raise_on_stop=False, allow_drift=False):
         except (json.JSONDecodeError, UnicodeDecodeError):
             prev = {}
         if isinstance(prev, dict) and prev.get("status") == "finished":
+            from . import runfolder
+
+            ckpt = _read_checkpoint_for(out, _config_json(config))  # a finished run's records are checked too
+            if ckpt is not None:
+                runfolder.check_records(out, ckpt[0]["records"], ckpt[0]["iter"])
             if not quiet:
                 print(f"qlabref train: {out} already finished ({config['iters']} iterations)", file=sys.stderr)
             return prev

@@ -460,3 +460,16 @@ def test_interrupted_and_resumed_is_byte_identical(tmp_path, name, opt, schedule
     assert s["status"] == "finished"
     for f in ("steps.csv", "evals.csv"):
         assert read(tmp_path / "part" / f) == read(tmp_path / "ref" / f)
+
+
+def test_finished_run_with_damaged_records_is_not_reported_finished(runs, tmp_path):
+    folder = tmp_path / "ref"
+    shutil.copytree(runs / "ref", folder)
+    with open(folder / "steps.csv", "r+b") as f:
+        f.truncate(500)
+    refused(folder, "steps.csv: .* shorter than")
+    shutil.rmtree(folder)
+    shutil.copytree(runs / "ref", folder)
+    before = snapshot(folder)
+    assert train.resume(str(folder), data=DATA, quiet=True)["status"] == "finished"
+    assert snapshot(folder) == before
