@@ -14,6 +14,11 @@ from qlabref import cli
 pytestmark = pytest.mark.torch
 
 
+@pytest.fixture(autouse=True)
+def _needs_torch(torch):
+    """Skipped without PyTorch (a failure with QLABREF_REQUIRE_TORCH=1), as every cross-check."""
+
+
 @pytest.fixture
 def files(tmp_path):
     r = np.random.default_rng(0)
