@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["crosscheck", "check_inputs", "check_device", "check_model_fits", "CrosscheckResult", "plot", "TorchDropoutSampler", "QUANTITIES", "METHODS", "DEFAULT_TOL"]
+__all__ = ["crosscheck", "check_inputs", "check_device", "check_model_fits", "CrosscheckResult", "plot",
+           "TorchDropoutSampler", "QUANTITIES", "METHODS", "DEFAULT_TOL"]
 
 #: the quantities compared after every step, in report order
 QUANTITIES = ("loss", "probe_loss", "alpha_star", "lr", "params", "buffers")

@@ -27,7 +27,6 @@ is never unpickled (a pickle can run any code when loaded).
 """
 from __future__ import annotations
 
-import csv
 import glob
 import hashlib
 import io

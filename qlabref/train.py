@@ -71,7 +71,8 @@ import time
 import numpy as np
 
 __all__ = ["TrainConfig", "run", "resume", "load_config", "build_model", "load_data", "evaluate", "check_data",
-           "parse_kv", "RunDirLocked", "RunFolderError", "STEP_COLUMNS", "TIMING_COLUMNS", "EVAL_COLUMNS", "EXIT_CODES", "RunStopped"]
+           "parse_kv", "RunDirLocked", "RunFolderError", "STEP_COLUMNS", "TIMING_COLUMNS", "EVAL_COLUMNS",
+           "EXIT_CODES", "RunStopped"]
 
 STEP_COLUMNS = ("iter", "loss", "lr", "evals", "a0", "a1", "a2", "alpha_star", "pre_lr", "fallback")
 QLAB_COLUMNS = ("a0", "a1", "a2", "alpha_star", "pre_lr", "fallback")
@@ -399,8 +400,8 @@ def check_data(config, data):
     integer labels in ``[0, classes)``, one label per image, neither split empty. Returns the four
     arrays; ``ValueError`` naming the array and the problem otherwise."""
     if not isinstance(data, (tuple, list)) or len(data) != 4:
-        raise ValueError("data must be a tuple (X_train, y_train, X_test, y_test), "
-                         f"got {type(data).__name__}{' of length ' + str(len(data)) if isinstance(data, (tuple, list)) else ''}")
+        got = type(data).__name__ + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        raise ValueError(f"data must be a tuple (X_train, y_train, X_test, y_test), got {got}")
     shape, classes = DATA_SHAPES[config["data"]]
     out = []
     for name, arr in zip(("X_train", "y_train", "X_test", "y_test"), data):

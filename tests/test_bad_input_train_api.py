@@ -36,7 +36,8 @@ def _with(i, value):
 
 
 @pytest.mark.parametrize("data, match", [
-    (_data(shape=(3, 32, 32)), r"X_train has shape \(40, 3, 32, 32\); data='mnist' needs images of shape \(N, 1, 28, 28\)"),
+    (_data(shape=(3, 32, 32)),
+     r"X_train has shape \(40, 3, 32, 32\); data='mnist' needs images of shape \(N, 1, 28, 28\)"),
     (_with(0, _data()[0].reshape(40, 784)), r"X_train has shape \(40, 784\)"),
     (_with(1, _data()[1].astype(float)), "y_train must hold integer class labels"),
     (_with(1, _data()[1] + 5), r"y_train holds labels from \d+ to 1[0-4]; data='mnist' has classes 0..9"),

@@ -146,7 +146,8 @@ def _same(a, b, where="state"):
         for i, (x, y) in enumerate(zip(a, b)):
             _same(x, y, f"{where}[{i}]")
     elif isinstance(a, (np.ndarray, np.generic)):
-        assert a.dtype == b.dtype and np.shape(a) == np.shape(b) and np.asarray(a).tobytes() == np.asarray(b).tobytes(), where
+        assert a.dtype == b.dtype and np.shape(a) == np.shape(b), where
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), where
     elif isinstance(a, float) and a != a:
         assert b != b, where
     else:
@@ -445,7 +446,7 @@ def test_property_damaged_record_file_is_refused_or_resumed_identically(runs, na
         assert read(os.path.join(folder, "evals.csv")) == read(runs / "ref" / "evals.csv")
 
 
-# ---------------------------------------------------------------------------------------- resume through several optimizers
+# ---------------------------------------------------------------------------------------- several optimizers
 @pytest.mark.parametrize("name, opt, schedule", [
     ("adam", {"lr": 1e-3}, {"name": "ss-decay", "step_size": 4, "gamma": 0.5}),
     pytest.param("schedulefree-adamw", {}, None, marks=pytest.mark.slow),
