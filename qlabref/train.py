@@ -647,21 +647,10 @@ def _run_locked(config, out, data, quiet, raise_on_stop, _resume, allow_drift=Fa
     config_json = _config_json(config)
     if _resume:
         # validate the whole run folder against the checkpoint before anything in it changes
-        ckpt = _read_checkpoint_for(out, config_json)
+        ckpt = _validated_checkpoint(out, config_json, environment, allow_drift)
         if ckpt is not None:
-            body, state = ckpt
+            body, state, drift_history = ckpt
             start = body["iter"]
-            changes = runfolder.drift(body["environment"], environment)
-            drift_history = list(body.get("drift", []))
-            if changes and not allow_drift:
-                named = "; ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changes.items())
-                raise RunFolderError(
-                    f"{ckpt_json}: resuming here would not be bit-identical to an uninterrupted run ({named}); "
-                    f"resume with the settings of the checkpoint, or pass --allow-drift (allow_drift=True) to "
-                    f"continue anyway and record the difference in summary.json")
-            if changes:
-                drift_history.append({"at_iter": start, "changes": changes})
-            runfolder.check_records(out, body["records"], start)
             try:
                 model.load_state_dict(state["model"])
                 opt.load_state_dict(state["optimizer"])
@@ -864,6 +853,30 @@ def _read_checkpoint_for(out, config_json):
     return body, state
 
 
+def _validated_checkpoint(out, config_json, environment, allow_drift):
+    """``(body, state, drift history)`` of the checkpoint of ``out`` once the folder has passed every
+    check (checkpoint, config.json, environment unless ``allow_drift``, record files), reading only;
+    ``None`` when there is no checkpoint; ``RunFolderError`` naming the file and the problem."""
+    from . import runfolder
+
+    ckpt = _read_checkpoint_for(out, config_json)
+    if ckpt is None:
+        return None
+    body, state = ckpt
+    changes = runfolder.drift(body["environment"], environment)
+    history = list(body.get("drift", []))
+    if changes and not allow_drift:
+        named = "; ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changes.items())
+        raise RunFolderError(
+            f"{os.path.join(out, runfolder.CHECKPOINT_JSON)}: resuming here would not be bit-identical to an "
+            f"uninterrupted run ({named}); resume with the settings of the checkpoint, or pass --allow-drift "
+            f"(allow_drift=True) to continue anyway and record the difference in summary.json")
+    if changes:
+        history.append({"at_iter": body["iter"], "changes": changes})
+    runfolder.check_records(out, body["records"], body["iter"])
+    return body, state, history
+
+
 def resume(out, data=None, quiet=False, raise_on_stop=False, allow_drift=False):
     """Continue the run in ``out`` from its last checkpoint (module docstring); a finished run is
     returned as it is. ``allow_drift``: resume even when thread counts, versions, BLAS, CPU or backend
@@ -887,5 +900,10 @@ def resume(out, data=None, quiet=False, raise_on_stop=False, allow_drift=False):
             if not quiet:
                 print(f"qlabref train: {out} already finished ({config['iters']} iterations)", file=sys.stderr)
             return prev
-    # without a checkpoint (killed before the first one) run() starts over at iteration 0
+    # the folder is checked before any data are loaded (a refusal costs no MNIST load or download); run()
+    # checks it again under the run-folder lock before it changes anything. Without a checkpoint (killed
+    # before the first one) run() starts over at iteration 0.
+    from . import runfolder
+
+    _validated_checkpoint(out, _config_json(config), runfolder.determinism_info(), allow_drift)
     return run(config, data=data, quiet=quiet, raise_on_stop=raise_on_stop, _resume=True, _allow_drift=allow_drift)
