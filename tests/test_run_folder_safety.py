@@ -449,9 +449,9 @@ def test_property_damaged_record_file_is_refused_or_resumed_identically(runs, na
 # ---------------------------------------------------------------------------------------- several optimizers
 @pytest.mark.parametrize("name, opt, schedule", [
     ("adam", {"lr": 1e-3}, {"name": "ss-decay", "step_size": 4, "gamma": 0.5}),
-    pytest.param("schedulefree-adamw", {}, None, marks=pytest.mark.slow),
-    pytest.param("lqa", {}, None, marks=pytest.mark.slow),
-    pytest.param("prodigy", {}, None, marks=pytest.mark.slow),
+    ("schedulefree-adamw", {}, None),
+    ("lqa", {}, None),
+    ("prodigy", {}, None),
 ])
 def test_interrupted_and_resumed_is_byte_identical(tmp_path, name, opt, schedule):
     extra = dict(optimizer=name, opt=opt, schedule=schedule, iters=14)
