@@ -474,3 +474,10 @@ def test_finished_run_with_damaged_records_is_not_reported_finished(runs, tmp_pa
     before = snapshot(folder)
     assert train.resume(str(folder), data=DATA, quiet=True)["status"] == "finished"
     assert snapshot(folder) == before
+
+
+def test_run_stopped_before_its_first_checkpoint_starts_over_identically(runs, tmp_path):
+    out = tmp_path / "early"
+    run_interrupted(cfg(out), stop_at=3)  # checkpoints come every 6 iterations: none yet
+    assert not (out / "checkpoint.json").exists()
+    resumed_identical(out, runs)
