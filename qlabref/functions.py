@@ -1,7 +1,9 @@
 """2-D optimisation test functions: value, analytic gradient, domain and known minima.
 
 The paper's Figure 2 uses Booth, Himmelblau and Eggholder; Rosenbrock and Beale are added because
-every optimisation course draws them. Constants and traps are those of ``shared/REFERENCE.md``.
+every optimisation course draws them. Constants, domains and minima are the published ones (the Simon
+Fraser University library of optimisation test functions, Surjanovic & Bingham, and the functions'
+usual statements, e.g. Himmelblau's four minima to 6 decimals), rechecked with NumPy/SciPy.
 
 Each function is a :class:`TestFunction` with
 
@@ -158,7 +160,7 @@ class Himmelblau(TestFunction):
     formula = "(x^2 + y - 11)^2 + (x + y^2 - 7)^2"
     notes = "Four minima, all f = 0; a local maximum f(-0.2708, -0.9230) = 181.617."
     domain = ((-5.0, 5.0), (-5.0, 5.0))
-    # Newton-polished to machine precision (REFERENCE.md lists 6 decimals)
+    # Newton-polished to machine precision (the usual statement lists 6 decimals)
     minima = [
         (3.0, 2.0),
         (-2.805118086952745, 3.131312518250573),
@@ -186,7 +188,7 @@ class Eggholder(TestFunction):
         "x/2 + y + 47 = 0 and x - y - 47 = 0 (unbounded slopes nearby)."
     )
     domain = ((-512.0, 512.0), (-512.0, 512.0))
-    # y polished with scipy (REFERENCE.md: y = 404.231805, f = -959.640663 checked)
+    # y polished with scipy (y = 404.231805, f = -959.640663 checked)
     minima = [(512.0, 404.231805121438)]
     default_start = (300.0, 200.0)
     log_levels = False  # values span about -960 .. 1050: linear levels read better

@@ -11,10 +11,10 @@ cross-checks). Key names follow PyTorch/torchvision so that state_dicts move bot
   size of the convolution operation is 5 and the stride is 1. The average pooling operation is
   followed by each layer, the extracted feature maps use fully connected layers and the Relu
   activation function". It gives neither channel counts nor hidden sizes. **Our choice**, documented
-  here and in the README: conv1 1→32 (5×5, stride 1, no padding) → ReLU → 2×2 average pool →
+  here and in demos/guide-layers.md: conv1 1→32 (5×5, stride 1, no padding) → ReLU → 2×2 average pool →
   conv2 32→64 (5×5) → ReLU → 2×2 average pool → flatten (64·4·4 = 1024) → fc1 1024→512 → ReLU →
   fc2 512→10. 28×28 inputs only (the head's size is fixed by them). 582,026 parameters.
-- ``resnet18()``: torchvision's BasicBlock ResNet-18 with two stems (REFERENCE.md): ``"cifar"`` (3×3
+- ``resnet18()``: torchvision's BasicBlock ResNet-18 with two stems: ``"cifar"`` (3×3
   stride-1 conv, no max-pool; 32×32 inputs) and ``"imagenet"`` (7×7 stride-2 conv + 3×3 stride-2
   max-pool; used at 64×64 for Tiny-ImageNet). Projection shortcuts are named ``downsample`` and the
   head ``fc`` (torchvision); ``qr.interop`` also imports kuangliu's ``shortcut``/``linear`` names.

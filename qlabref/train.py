@@ -11,8 +11,9 @@ fixed number of iterations and writes, into ``config["out"]``:
     minibatch loss at θ before the step (the loss the optimizer evaluated), ``lr`` the learning rate the
     step used (``last_step["lr"]``: α_t for QLABGrad, the group lr for SGD, ‖Δθ‖/‖∇L‖ for adaptive
     methods). Every number is written with ``repr`` (shortest round-trip form), so the file is a
-    deterministic function of the configuration: two runs with the same arguments, and a run resumed
-    after any interruption, give byte-identical files.
+    deterministic function of the configuration on one machine (same threads, same versions): two runs
+    with the same arguments there, and a run resumed there after any interruption, give byte-identical
+    files. Another CPU, BLAS, thread count or library version may round differently.
 ``timing.csv``
     wall-clock seconds of every step, split into ``data`` (batch assembly), ``forward_backward``,
     ``probe`` (QLAB's extra forward, FindPLR, LQA's probes), ``update`` (the rest of the optimizer's

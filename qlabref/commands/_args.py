@@ -1,6 +1,6 @@
 """Argument checks shared by the commands (this module is not a command: its name starts with ``_``).
 
-Conventions every command follows (README, "What happens on bad input"):
+Conventions every command follows (demos/guide-bad-input.md):
 
 - every argument is checked before any work starts; argparse types below reject bad numbers with a
   message naming the limit, and ``qlabref.cli`` prints any argparse or ``UsageError`` message as one

@@ -1,6 +1,6 @@
 """Layers with PyTorch's signatures, defaults, parameter names and initialisation.
 
-Initialisation (``shared/REFERENCE.md``): PyTorch's default for ``Linear`` and ``Conv2d`` is
+Initialisation (torch's ``reset_parameters``): PyTorch's default for ``Linear`` and ``Conv2d`` is
 kaiming_uniform with a = √5, which is exactly U(−1/√fan_in, 1/√fan_in) for the weight, and the bias
 is drawn from the same U(−1/√fan_in, 1/√fan_in); fan_in = in_features or in_channels·kH·kW.
 NumPy cannot reproduce PyTorch's random stream, so the draws come from a seeded ``np.random.Generator``

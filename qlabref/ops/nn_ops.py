@@ -2,7 +2,7 @@
 ``adaptive_avg_pool2d``, ``batch_norm``. Same conventions as ``core.py``: forward and backward on raw
 ndarrays, registered in the one table (``REGISTRY``) that the gradient tests walk.
 
-Layouts and semantics are PyTorch's (``shared/REFERENCE.md``): images are NCHW, a conv weight is
+Layouts and semantics are PyTorch's (``torch.nn`` documentation): images are NCHW, a conv weight is
 (out, in, kH, kW), a linear weight is (out, in) and y = x Wᵀ + b.
 
 How the convolution is vectorised (no Python loop over pixels): **im2col**. A strided *view* of the

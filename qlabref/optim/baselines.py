@@ -1,12 +1,12 @@
 """The torch.optim baselines of the paper's Table 1: SGD, Adagrad, RMSprop, Adadelta, Adam.
 
 Source of truth: torch 2.13 ``torch/optim/{sgd,adagrad,rmsprop,adadelta,adam}.py`` (single-tensor
-path), transcribed in ``shared/OPTIMIZERS.md`` §1 and in ``functional.py``. Signatures, defaults and
+path), transcribed in ``functional.py``. Signatures, defaults and
 step-by-step semantics are torch's (the ``foreach``/``fused``/``capturable``/``differentiable`` switches
 select torch kernels and have no meaning here, so they are not accepted). Tests compare 30 steps on an
 MLP with ``torch.optim`` in float64 (``tests/test_optim_torch.py``).
 
-Where we deliberately differ from the QLABGrad paper's Table 1 (OPTIMIZERS.md §11):
+Where we deliberately differ from the QLABGrad paper's Table 1 (demos/guide-optimizers.md says so too):
 
 - Adagrad, RMSprop, Adadelta, Adam: Table 1 accumulates the scalar ‖∇L‖²; the original methods (and
   we) accumulate the *elementwise* square g⊙g per parameter.
@@ -17,7 +17,7 @@ Where we deliberately differ from the QLABGrad paper's Table 1 (OPTIMIZERS.md §
   Zeiler's original.
 - Nesterov ("NMomentum"): Table 1's recurrence is garbled; we use torch's Nesterov (§1.1).
 
-Closure contract (``shared/API.md``): ``step(closure)`` zeroes the gradients, evaluates the
+Closure contract (demos/guide-optimizers.md): ``step(closure)`` zeroes the gradients, evaluates the
 forward-only closure with graph building on and runs ``backward`` (1 closure call); ``step()``
 without a closure uses the ``.grad`` the user produced. Parameters without a gradient are skipped,
 as in torch. Deliberate difference from torch (the rule of ``qlabref.optim.optimizer``): a NaN/inf
@@ -118,7 +118,7 @@ def _gradient_used(theta, grad, group):
 @register_optimizer("sgd")
 class SGD(_TorchLike):
     """Stochastic gradient descent with momentum, dampening, Nesterov and weight decay
-    (torch.optim.SGD 2.13, OPTIMIZERS.md §1.1).
+    (torch.optim.SGD 2.13).
 
     ``SGD(params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *, maximize=False)``.
     First momentum step: the buffer is a copy of g (no dampening); then b ← μb + (1−τ)g;
@@ -150,7 +150,7 @@ class SGD(_TorchLike):
 
 @register_optimizer("adagrad")
 class Adagrad(_TorchLike):
-    """Adagrad (Duchi et al. 2011; torch.optim.Adagrad 2.13, OPTIMIZERS.md §1.2).
+    """Adagrad (Duchi et al. 2011; torch.optim.Adagrad 2.13).
 
     ``Adagrad(params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10, *,
     maximize=False)``: η_t = η/(1+(t−1)·lr_decay); S ← S + g⊙g (elementwise, not Table 1's ‖g‖²);
@@ -186,7 +186,7 @@ class Adagrad(_TorchLike):
 
 @register_optimizer("rmsprop")
 class RMSprop(_TorchLike):
-    """RMSprop (Tieleman & Hinton 2012; torch.optim.RMSprop 2.13, OPTIMIZERS.md §1.3).
+    """RMSprop (Tieleman & Hinton 2012; torch.optim.RMSprop 2.13).
 
     ``RMSprop(params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False, *,
     maximize=False)``: s ← αs + (1−α)g⊙g (elementwise; no bias correction); centered: D = √(s − ḡ²) + ε,
@@ -230,7 +230,7 @@ class RMSprop(_TorchLike):
 
 @register_optimizer("adadelta")
 class Adadelta(_TorchLike):
-    """Adadelta (Zeiler 2012; torch.optim.Adadelta 2.13, OPTIMIZERS.md §1.4).
+    """Adadelta (Zeiler 2012; torch.optim.Adadelta 2.13).
 
     ``Adadelta(params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, *, maximize=False)``:
     s ← ρs + (1−ρ)g⊙g; Δ = √(u+ε)/√(s+ε)·g (ε inside both roots); u ← ρu + (1−ρ)Δ⊙Δ; θ ← θ − ηΔ.
@@ -262,7 +262,7 @@ class Adadelta(_TorchLike):
 
 @register_optimizer("adam")
 class Adam(_TorchLike):
-    """Adam (Kingma & Ba 2015; torch.optim.Adam 2.13, OPTIMIZERS.md §1.5).
+    """Adam (Kingma & Ba 2015; torch.optim.Adam 2.13).
 
     ``Adam(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *, maximize=False,
     decoupled_weight_decay=False, form="torch")``.

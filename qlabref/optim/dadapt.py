@@ -1,7 +1,7 @@
 """D-Adaptation (Defazio & Mishchenko, ICML 2023): DAdaptSGD and DAdaptAdam.
 
 Source of truth: the authors' package ``dadaptation`` 3.2 (``github.com/facebookresearch/dadaptation``,
-``dadaptation/dadapt_sgd.py`` and ``dadapt_adam.py``), transcribed in ``shared/OPTIMIZERS.md`` §7.2.
+``dadaptation/dadapt_sgd.py`` and ``dadapt_adam.py``).
 D-Adaptation estimates D = ‖x0 − x*‖ from the gradients seen so far (a lower bound d that only
 grows) and steps with d instead of a tuned learning rate. ``lr`` multiplies the adapted step; the
 authors say to leave it at 1.

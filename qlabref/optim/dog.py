@@ -2,7 +2,7 @@
 
 Source of truth: the authors' package ``dog-optimizer`` 1.0.3 (``github.com/formll/dog``,
 ``src/dog/dog.py`` classes ``DoG``/``LDoG`` and ``src/dog/averager.py`` class
-``PolynomialDecayAverager``), transcribed in ``shared/OPTIMIZERS.md`` §7.1. Per parameter group
+``PolynomialDecayAverager``). Per parameter group
 (DoG: all tensors of the group as one vector; L-DoG: each tensor on its own), with g the gradient
 after coupled weight decay (g ← g + wd·θ):
 
@@ -45,7 +45,7 @@ __all__ = ["DoG", "LDoG", "dog_eta", "polynomial_average"]
 
 # ------------------------------------------------------------------------------------ pure rules
 def dog_eta(rbar, G, lr=1.0):
-    """DoG's step size η = c·r̄/√G (OPTIMIZERS.md §7.1; Ivgi et al. Eq. (1))."""
+    """DoG's step size η = c·r̄/√G (Ivgi et al. 2023, Eq. (1))."""
     return lr * rbar / math.sqrt(G)
 
 

@@ -2,12 +2,12 @@
 
 Every function takes the current parameter array, its gradient and the method's state arrays, and
 returns *new* arrays (inputs are never modified), so each rule can be tested alone and reads like the
-equations in ``shared/OPTIMIZERS.md``. The ``Optimizer`` classes in ``baselines.py``,
+equations of each method's paper and of torch's documentation (cited per class). The ``Optimizer`` classes in ``baselines.py``,
 ``hypergrad.py``, ``l4.py`` and ``lqa.py`` only loop over parameters, call these and write the
 results back.
 
 The arithmetic follows torch 2.13's single-tensor code path (``torch/optim/*.py``,
-``_single_tensor_*``) operation by operation (OPTIMIZERS.md §1), so float64 results agree with
+``_single_tensor_*``) operation by operation, so float64 results agree with
 ``torch.optim`` to rounding. Notation: θ parameter, g gradient, t the 1-based step counter
 (incremented *before* use, as in torch), wd coupled L2 weight decay (g ← g + wd·θ).
 """
@@ -43,7 +43,7 @@ def _prepare(theta, g, weight_decay, maximize):
 
 # --------------------------------------------------------------------------------------------- §1.1
 def sgd(theta, g, buf, *, lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False):
-    """SGD with momentum, dampening, Nesterov and weight decay (torch form, OPTIMIZERS.md §1.1).
+    """SGD with momentum, dampening, Nesterov and weight decay (torch form, ``torch/optim/sgd.py``).
 
     ``buf`` is the momentum buffer, ``None`` before the first momentum step. Returns
     ``(theta_new, buf_new, d)`` with ``d`` the direction applied (θ_new = θ − lr·d).
@@ -195,6 +195,6 @@ def lqa_lr(l0, l_plus, l_minus, delta, eps=1e-24):
     (L⁺ − L⁻)·δ/2/(L⁺ + L⁻ − 2L₀ + 1e-24).
 
     The QLABGrad paper's Table 1 prints A_t = ½α + (L⁺ − L⁻)/(…); the derivation gives the product
-    ½α·(L⁺ − L⁻)/(…) (OPTIMIZERS.md §11), which is what this returns with δ = α.
+    ½α·(L⁺ − L⁻)/(…) (demos/guide-optimizers.md lists this correction), which is what this returns with δ = α.
     """
     return (l_plus - l_minus) * delta / 2 / (l_plus + l_minus - 2 * l0 + eps)

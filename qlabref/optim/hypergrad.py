@@ -1,8 +1,8 @@
 """Hypergradient descent (Baydin, Cornish, Martínez Rubio, Schmidt, Wood; ICLR 2018): SGD-HD and Adam-HD.
 
 Source of truth: the authors' code ``github.com/gbaydin/hypergradient-descent``,
-``hypergrad/sgd_hd.py`` (class SGDHD) and ``hypergrad/adam_hd.py`` (class AdamHD), transcribed in
-``shared/OPTIMIZERS.md`` §2, including the update order:
+``hypergrad/sgd_hd.py`` (class SGDHD) and ``hypergrad/adam_hd.py`` (class AdamHD),
+including the update order:
 
 - SGD-HD (``direction="sgd"``): one flat gradient vector over all parameters; h = g_t·u_{t−1} with
   u_{t−1} the previous *update direction* (the momentum/Nesterov direction when μ ≠ 0, zeros at

@@ -1,7 +1,7 @@
 """L4: practical loss-based step-size adaptation (Rolinek & Martius, NeurIPS 2018): L4GD, L4Mom, L4Adam.
 
 Source of truth: the official TensorFlow code ``github.com/martius-lab/l4-optimizer``, ``L4/L4.py``
-(classes L4General, L4Mom, L4Adam; transcribed in ``shared/OPTIMIZERS.md`` §3.1). Per step, with L
+(classes L4General, L4Mom, L4Adam). Per step, with L
 the minibatch loss and t = step + 1:
 
     L_min ← γ0·L  at the first step,  min(L_min, L) afterwards

@@ -6,7 +6,7 @@ Along a direction d the loss is modelled as a parabola in the learning rate, f(�
 differences give b = (L⁻ − L⁺)/(2δ), a = (L⁺ + L⁻ − 2L₀)/(2δ²), and the minimiser
 η* = −b/(2a) = δ(L⁺ − L⁻)/(2(L⁺ + L⁻ − 2L₀)) (``functional.lqa_lr``). The step is θ ← θ − η·∇L.
 
-Sources of truth: the authors'-style PyTorch function ``LQA_delta`` (OPTIMIZERS.md §4.2) and the
+Sources of truth: the authors'-style PyTorch function ``LQA_delta`` and the
 QLABGrad paper's Table 1 row for LQA. The two differ, so both are offered:
 
 - ``direction="gradient"`` (DEFAULT): the QLABGrad paper's Table 1 — probes at θ ± α∇L with

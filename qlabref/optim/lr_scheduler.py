@@ -1,6 +1,6 @@
 """Learning-rate schedules of the paper's Table 1 (E-, SS-, CA- and R-decay), with torch's semantics.
 
-Source of truth: torch 2.13 ``torch/optim/lr_scheduler.py`` (OPTIMIZERS.md §9). As in torch:
+Source of truth: torch 2.13 ``torch/optim/lr_scheduler.py``. As in torch:
 
 - the constructor records ``initial_lr`` in every param group (``setdefault``, so a resumed
   optimizer keeps its own), sets ``base_lrs`` from it and makes the *initial step*: ``last_epoch``
@@ -21,7 +21,7 @@ CA-decay           ``CosineAnnealingLR(opt, T_max, eta_min=0)`` η_min + ½(η0 
 R-decay            ``InverseTimeLR(opt, k)``                   η0·1/(1 + k·t) (= torch ``LambdaLR(lambda t: 1/(1+k t))``)
 =================  ==========================================  =========================================
 
-Notes on the paper (OPTIMIZERS.md §9, §11):
+Notes on the paper (also in demos/guide-optimizers.md):
 
 - E-decay: Table 1 writes f(t) = exp(−βt); that is ``ExponentialLR(gamma=exp(−β))``. The experiments
   "decrease the learning rate by a factor of ½", i.e. ``gamma=0.5`` per scheduler step.

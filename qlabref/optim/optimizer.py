@@ -4,7 +4,7 @@ What users' hands know from ``torch.optim``: ``param_groups`` (list of dicts wit
 hyperparameters), ``state`` (per-parameter dicts), ``zero_grad()``, ``step(closure)``,
 ``state_dict()`` / ``load_state_dict()``.
 
-The closure contract (``shared/API.md``) differs from torch on purpose: **the closure is forward
+The closure contract (demos/guide-optimizers.md) differs from torch on purpose: **the closure is forward
 only** and returns the minibatch loss as a Tensor. The optimizer zeroes the gradients, calls the
 closure with graph building on, and runs ``backward`` itself (``evaluate``); probe evaluations
 (QLAB's g(ᾱ), LQA's L(θ ± δd), FindPLR) call the closure under ``no_grad()`` and

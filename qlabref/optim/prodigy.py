@@ -2,7 +2,7 @@
 
 Source of truth: the authors' package ``prodigyopt`` 1.1.2 (``github.com/konstmish/prodigy``), class
 ``Prodigy`` in ``prodigyopt/prodigy.py`` (the paper's ``prodigy_reference.py`` is the same rule
-without ``slice_p`` and the β1 = 0 shortcut), transcribed in ``shared/OPTIMIZERS.md`` §7.3. With
+without ``slice_p`` and the β1 = 0 shortcut). With
 k counting steps from 0, g the gradient (plus wd·θ when ``decouple=False``), β3 = √β2 by default,
 sums over the parameters of groups with lr > 0 (every ``slice_p``-th entry for the d statistics):
 

@@ -31,7 +31,7 @@ g(ᾱ) at the same θ on the same minibatch, so Algorithm 1's probe reuses it: s
 1 + (FindPLR probes) closure calls.
 
 :class:`QLAB` applies the same quadratic fit along another descent direction V (the step of SGD,
-momentum or Adam with lr = 1; OPTIMIZERS.md §8, the v1 paper): g(α) = L(θ − αV), a0 = L,
+momentum or Adam with lr = 1; the v1 paper, arXiv:2302.00252v1): g(α) = L(θ − αV), a0 = L,
 a1 = −∇L·V, probe at β = max(α0, α_{t−1}), a2 = (g(β) − a0 − a1β)/β², α* = −a1/(2a2), and
 α_t = β when α* < 0; θ ← θ − α_tV.
 
@@ -101,7 +101,7 @@ Paper ambiguities and the choices made here:
    decrease of Theorem 1 are not guaranteed in general (``qlabref verify`` shows a convex example
    where the first step raises the loss from 0 to 4704). We implement the algorithm as printed
    (no cap); ``max_lr`` is there for users who want one.
-8. QLAB (v1) on other directions: whether v1 caps α and its α0 default are open (OPTIMIZERS.md §8):
+8. QLAB (v1) on other directions: whether v1 caps α and its α0 default are open in the v1 paper:
    no cap by default, α0 = 0.01 (``QLAB_DEFAULT_ALPHA0``). If ∇L·V ≤ 0 (V is not a descent direction,
    possible for momentum and Adam), that step uses V = ∇L instead (``not_descent = True``); the
    direction's state (momentum buffer, Adam moments) is updated as usual.
@@ -136,7 +136,7 @@ __all__ = [
 #: FindPLR's default initial pre-learning rate (the paper suggests 0.1, 0.01, 0.005 "or the like";
 #: see item 6 of the module docstring for why 1.0)
 DEFAULT_ALPHA0 = 1.0
-#: QLAB's default α0, the floor of its probe step β = max(α0, α_{t−1}) (open in v1, OPTIMIZERS.md §8)
+#: QLAB's default α0, the floor of its probe step β = max(α0, α_{t−1}) (open in the v1 paper)
 QLAB_DEFAULT_ALPHA0 = 0.01
 #: default budget of probe evaluations for one FindPLR run (2^50 ≈ 1e15 range of ᾱ)
 DEFAULT_MAX_EVALS = 50
@@ -602,7 +602,7 @@ _DIRECTIONS = rule.DIRECTIONS
 
 @register_optimizer("qlab")
 class QLAB(Optimizer):
-    """QLAB on the descent direction V of SGD, momentum or Adam (the v1 paper; OPTIMIZERS.md §8).
+    """QLAB on the descent direction V of SGD, momentum or Adam (the v1 paper, arXiv:2302.00252v1).
 
     ``QLAB(params, direction="momentum", alpha0=0.01, momentum=0.9, betas=(0.9, 0.999), eps=1e-8,
     max_evals=50, max_lr=None)``

@@ -21,7 +21,7 @@ __all__ = [
     "nonfinite_gradient_message", "DIRECTIONS",
 ]
 
-#: QLAB's descent directions V (the step of SGD, momentum or Adam with lr = 1; OPTIMIZERS.md §8)
+#: QLAB's descent directions V (the step of SGD, momentum or Adam with lr = 1; the v1 paper, arXiv:2302.00252v1)
 DIRECTIONS = ("sgd", "momentum", "adam")
 
 

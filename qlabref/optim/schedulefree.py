@@ -4,8 +4,7 @@ Scheduled", 2024, arXiv 2405.15682).
 Source of truth: the authors' package ``schedulefree`` 1.4.1 (``github.com/facebookresearch/schedule_free``),
 the reference classes ``SGDScheduleFreeReference`` / ``AdamWScheduleFreeReference``
 (``schedulefree/*_reference.py``, which keep x, y, z explicitly) and the memory-efficient main classes
-``SGDScheduleFree`` / ``AdamWScheduleFree`` (the same rule written on y and z only); transcribed in
-``shared/OPTIMIZERS.md`` §7.4. Three sequences: z (the base SGD/Adam iterate), x (a weighted average
+``SGDScheduleFree`` / ``AdamWScheduleFree`` (the same rule written on y and z only). Three sequences: z (the base SGD/Adam iterate), x (a weighted average
 of z: the point to evaluate) and y (the interpolation where the gradient is taken; the parameters
 hold y while training). Per group, with k counting steps from 0:
 
