@@ -10,8 +10,10 @@ How a step flows (read this file top to bottom):
    2,000-layer chain works), walks it in reverse, calls each ``backward(ctx, grad_out)`` and
    **reduces every input gradient to that input's shape in one place** (``unbroadcast``), so no op
    has to think about NumPy broadcasting in its backward.
-4. Leaf tensors accumulate into ``.grad`` (``+=`` in place, so a ``.grad`` that is a view into a
-   flat buffer stays a view); the graph's saved arrays are released afterwards.
+4. Leaf tensors accumulate into ``.grad``: a ``.grad`` that is None (``zero_grad()``'s default, as
+   torch's set_to_none) is assigned the gradient, an existing one is added to in place (``+=``, so a
+   ``.grad`` that is a view into a flat buffer stays a view); the graph's saved arrays are released
+   afterwards.
 """
 from __future__ import annotations
 
@@ -49,14 +51,30 @@ def is_grad_enabled() -> bool:
     return _flags.grad_enabled
 
 
-@contextlib.contextmanager
+class _FlagMode(contextlib.ContextDecorator):
+    """Set one of the thread-local flags for a ``with`` block (or a decorated function), then put the
+    previous value back. A small class rather than a generator-based context manager: the optimizers
+    enter two of these per probe, and a 2-D step is a few dozen microseconds."""
+
+    def __init__(self, flag, value):
+        self.flag = flag
+        self.value = value
+        self.previous = None
+
+    def _recreate_cm(self):  # a fresh instance per decorated call (re-entrant, thread-safe)
+        return type(self)(self.flag, self.value)
+
+    def __enter__(self):
+        self.previous = getattr(_flags, self.flag)
+        setattr(_flags, self.flag, self.value)
+
+    def __exit__(self, *exc):
+        setattr(_flags, self.flag, self.previous)
+        return False
+
+
 def _set_grad(enabled: bool):
-    previous = _flags.grad_enabled
-    _flags.grad_enabled = enabled
-    try:
-        yield
-    finally:
-        _flags.grad_enabled = previous
+    return _FlagMode("grad_enabled", bool(enabled))
 
 
 def no_grad():
@@ -74,7 +92,6 @@ def is_state_update_enabled() -> bool:
     return _flags.state_update_enabled
 
 
-@contextlib.contextmanager
 def no_state_update():
     """Forward passes inside this block leave module state alone.
 
@@ -82,12 +99,7 @@ def no_state_update():
     running mean/variance or ``num_batches_tracked``. Optimizers run their probe forwards (QLAB's
     g(ᾱ), LQA's L(θ ± δd), FindPLR) inside this block so that probing never changes the model.
     """
-    previous = _flags.state_update_enabled
-    _flags.state_update_enabled = False
-    try:
-        yield
-    finally:
-        _flags.state_update_enabled = previous
+    return _FlagMode("state_update_enabled", False)
 
 
 class Context:
@@ -144,21 +156,58 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **kwargs):
-        from .tensor import Tensor, as_tensor
-
+        # The per-op path: one pass over the inputs, no imports, no generic conversion for the common
+        # operands (Tensors and Python numbers). A 2-D test function builds ~11 ops per forward, so
+        # every microsecond here is ~10% of an optimizer step there (``qlabref bench --parts tiny``).
+        Tensor = _TENSOR[0] if _TENSOR else _tensor_class()
         # Non-tensor operands (python scalars, arrays) become constants in the dtype of the
         # tensor operands, so float32 * 2.0 stays float32 (as in PyTorch).
-        ref = next((x for x in inputs if isinstance(x, Tensor)), None)
-        dtype = ref.data.dtype if ref is not None and ref.data.dtype in _FLOAT_DTYPES else None
-        tensors = [x if isinstance(x, Tensor) else as_tensor(x, dtype=dtype) for x in inputs]
+        dtype = None
+        for x in inputs:
+            if isinstance(x, Tensor):
+                d = x._data.dtype
+                if d in _FLOAT_DTYPES:
+                    dtype = d
+                break
+        tensors = []
+        arrays = []
+        flags = []
+        for x in inputs:
+            if not isinstance(x, Tensor):
+                if dtype is not None and type(x) in _PY_NUMBERS:
+                    x = Tensor._from_op(np.array(x, dtype=dtype), False)  # what as_tensor(x, dtype) gives
+                else:
+                    x = _as_tensor(x, dtype)
+            tensors.append(x)
+            arrays.append(x._data)
+            flags.append(x.requires_grad)
         ctx = Context()
-        out = cls.forward(ctx, *[t.data for t in tensors], **kwargs)
-        needs = is_grad_enabled() and any(t.requires_grad for t in tensors)
-        result = Tensor._from_op(out, requires_grad=needs)
-        if needs:
-            ctx.needs_input_grad = tuple(t.requires_grad for t in tensors)
+        out = cls.forward(ctx, *arrays, **kwargs)
+        if True in flags and _flags.grad_enabled:
+            result = Tensor._from_op(out, True)
+            ctx.needs_input_grad = tuple(flags)
             result._node = (cls, ctx, tuple(tensors))
-        return result
+            return result
+        return Tensor._from_op(out, False)
+
+
+#: filled on first use with qlabref.tensor.Tensor (tensor.py imports this module, not the reverse)
+_TENSOR = []
+#: Python numbers that become a constant of the tensor operands' float dtype without any check
+_PY_NUMBERS = (float, int)
+
+
+def _tensor_class():
+    from .tensor import Tensor
+
+    _TENSOR.append(Tensor)
+    return Tensor
+
+
+def _as_tensor(x, dtype):
+    from .tensor import as_tensor
+
+    return as_tensor(x, dtype=dtype)
 
 
 class _Freed:
@@ -174,70 +223,95 @@ def _topological_order(root):
     """Nodes reachable from ``root`` that need gradients, parents before children (iterative DFS)."""
     order, visited = [], set()
     stack = [(root, False)]
+    pop, push, append, add = stack.pop, stack.append, order.append, visited.add
     while stack:
-        node, expanded = stack.pop()
+        node, expanded = pop()
         if expanded:
-            order.append(node)
+            append(node)
             continue
-        if id(node) in visited:
+        key = id(node)
+        if key in visited:
             continue
-        visited.add(id(node))
-        stack.append((node, True))
-        if node._node is not None and not isinstance(node._node, _Freed):
-            for parent in node._node[2]:
+        add(key)
+        push((node, True))
+        rec = node._node
+        if rec is not None and type(rec) is tuple:  # not a leaf, not freed
+            for parent in rec[2]:
                 if parent.requires_grad and id(parent) not in visited:
-                    stack.append((parent, False))
+                    push((parent, False))
     return order
 
 
-def _accumulate_leaf(leaf, grad):
-    if grad.dtype != leaf.data.dtype:
-        grad = grad.astype(leaf.data.dtype)
-    if leaf.grad is None:
-        leaf.grad = np.array(grad, dtype=leaf.data.dtype, copy=True)
+def _accumulate_leaf(leaf, grad, adopted=None):
+    """Add ``grad`` into ``leaf.grad``.
+
+    A ``.grad`` that is None (never set, or dropped by ``zero_grad(set_to_none=True)``) is *assigned*
+    on the first accumulation, as PyTorch's set_to_none does: no zero-fill and no ``+=``. The array
+    itself becomes ``.grad`` when this backward pass made it and nothing else can hold it: a fresh
+    array (owns its memory, writeable, the leaf's dtype) that a ``Function.backward`` returned and no
+    other leaf took in this pass (``adopted``: their ids; Add hands one array to both inputs). Anything
+    else is copied: a view (of a broadcast, a reshape, a flat buffer), the caller's ``backward(grad=...)``
+    array (``adopted`` is None), an array a second leaf would share. An existing ``.grad`` is added to in
+    place, so that a ``.grad`` which is a view into a flat buffer keeps being that view."""
+    dtype = leaf._data.dtype
+    current = leaf._grad
+    if current is None:
+        if (adopted is not None and type(grad) is np.ndarray and grad.base is None and grad.dtype == dtype
+                and grad.flags.writeable and id(grad) not in adopted):
+            adopted.add(id(grad))
+            leaf._grad = grad
+        else:
+            leaf._grad = np.array(grad, dtype=dtype, copy=True)
     else:
-        # In place, so that a .grad which is a view into a flat buffer keeps being that view.
-        np.add(leaf.grad, grad, out=leaf.grad)
+        if grad.dtype != dtype:
+            grad = grad.astype(dtype)
+        np.add(current, grad, out=current)
 
 
-def backward(root, grad=None, retain_graph=False):
-    """Backpropagate from ``root``; see ``Tensor.backward``."""
+def backward(root, grad=None, retain_graph=False, _order=None):
+    """Backpropagate from ``root``; see ``Tensor.backward``. ``_order``: the topological order of
+    ``root``'s graph when the caller already has it (the optimizers' ``evaluate`` does)."""
     if not root.requires_grad:
         raise RuntimeError(
             "backward: this tensor does not require grad (no input had requires_grad=True, "
             "or it was computed inside no_grad())"
         )
+    root_data = root._data
     if grad is None:
-        if root.data.size != 1:
+        if root_data.size != 1:
             raise RuntimeError(
                 f"backward: grad can be implicitly created only for a scalar output; this tensor has "
                 f"shape {root.shape}. Pass backward(grad=...) with an array of that shape."
             )
-        grad = np.ones_like(root.data)
+        grad = np.ones_like(root_data)
+        user_grad = None
     else:
         grad = np.asarray(grad.data if hasattr(grad, "data") and not isinstance(grad, np.ndarray) else grad)
-        if grad.shape != root.shape:
-            raise ValueError(f"backward: grad has shape {grad.shape}, the tensor has shape {root.shape}")
-        grad = grad.astype(root.data.dtype, copy=False)
+        if grad.shape != root_data.shape:
+            raise ValueError(f"backward: grad has shape {grad.shape}, the tensor has shape {root_data.shape}")
+        grad = grad.astype(root_data.dtype, copy=False)
+        user_grad = grad  # the caller's array: never adopted as a .grad (copied if it reaches a leaf as is)
 
-    order = _topological_order(root)
+    order = _topological_order(root) if _order is None else _order
     grads = {id(root): grad}
+    adopted = set()  # ids of the arrays that became a leaf's .grad in this pass
     for node in reversed(order):
         g = grads.pop(id(node), None)
-        if node._node is None:  # a leaf
+        rec = node._node
+        if rec is None:  # a leaf
             if g is not None:
-                _accumulate_leaf(node, g)
+                _accumulate_leaf(node, g, None if g is user_grad else adopted)
             continue
         if g is None:
             continue
-        if isinstance(node._node, _Freed):
+        if type(rec) is not tuple:  # _Freed
             raise RuntimeError(
-                f"backward: the graph through '{node._node.name}' was already freed by an earlier "
+                f"backward: the graph through '{rec.name}' was already freed by an earlier "
                 "backward(); pass retain_graph=True to the first call to backpropagate twice"
             )
-        fn, ctx, parents = node._node
+        fn, ctx, parents = rec
         in_grads = fn.backward(ctx, g)
-        if not isinstance(in_grads, tuple):
+        if type(in_grads) is not tuple:
             in_grads = (in_grads,)
         if len(in_grads) != len(parents):
             raise RuntimeError(
@@ -246,11 +320,15 @@ def backward(root, grad=None, retain_graph=False):
         for parent, pg in zip(parents, in_grads):
             if pg is None or not parent.requires_grad:
                 continue
-            pg = unbroadcast(np.asarray(pg), parent.shape)
-            if pg.shape != parent.shape:  # an engine invariant, not a user error
-                raise AssertionError(
-                    f"{fn.name}.backward: gradient of shape {pg.shape} for an input of shape {parent.shape}"
-                )
+            shape = parent._data.shape
+            if type(pg) is not np.ndarray:
+                pg = np.asarray(pg)
+            if pg.shape != shape:
+                pg = unbroadcast(pg, shape)
+                if pg.shape != shape:  # an engine invariant, not a user error
+                    raise AssertionError(
+                        f"{fn.name}.backward: gradient of shape {pg.shape} for an input of shape {shape}"
+                    )
             key = id(parent)
             if key in grads:
                 grads[key] = grads[key] + pg

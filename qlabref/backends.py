@@ -66,22 +66,45 @@ class Backend:
                        gcols.dtype)
 
     def probe(self, theta, g, alpha, out):
+        if theta.size < SMALL_PROBE:
+            alpha = theta.dtype.type(alpha)
+            total = _small_sq_norm(g)  # before writing out: out may alias g's memory in odd calls
+            np.subtract(theta, alpha * g, out=out)  # θ − α·g rounded as the kernel does (no FMA)
+            return total
         from .kernels import cpu
 
         return float(cpu.probe_kernel(theta, g, theta.dtype.type(alpha), out))
 
     def probe_save(self, theta, g, alpha, saved):
+        if theta.size < SMALL_PROBE:
+            saved[...] = theta
+            return self.probe(saved, g, alpha, theta)
         from .kernels import cpu
 
         return float(cpu.probe_save_kernel(theta, g, theta.dtype.type(alpha), saved))
 
     def sq_norm(self, g):
+        if g.size < SMALL_PROBE:
+            return _small_sq_norm(g)
         from .kernels import cpu
 
         return float(cpu.sum_sq_kernel(g))
 
     def __repr__(self):
         return f"<qlabref backend {self.name!r}>"
+
+
+#: below one probe chunk (``kernels.cpu.PROBE_CHUNK``, 16,384 elements) the CPU probe primitives use
+#: NumPy: the kernel would run a single chunk anyway, but through Numba's thread pool, whose wake-up
+#: cost dominates a 2-D problem (measured 5 ms per QLABGrad step on a busy 2-core machine with two
+#: Numba threads, against ~0.1 ms here) and which needs compiling on the first run. Same θ − α·g
+#: bits; Σ g² in float64 in NumPy's order (the last bits may differ from the kernel's SIMD order).
+SMALL_PROBE = 1 << 14
+
+
+def _small_sq_norm(g):
+    g64 = g if g.dtype == np.float64 else g.astype(np.float64)
+    return float(np.dot(g64, g64))
 
 
 class NumbaBackend(Backend):

@@ -72,7 +72,7 @@ QLAB_SGD_TARGET = 1.35
 PROBE_SPEEDUP_TARGET = 2.0
 PROBE_COPY_TARGET = 0.8
 #: the parts ``qlabref bench`` can measure (``--parts``)
-PARTS = ("steps", "probe", "qlab")
+PARTS = ("steps", "probe", "qlab", "tiny")  # tiny: a 2-D optimizer step (bench_tiny.py)
 
 #: The variables that fix the BLAS/OpenMP thread count of a fresh process.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -388,6 +388,10 @@ def measure(models, *, threads=1, batch=None, repeats=None, warmup=None, use_tor
     if "qlab" in parts:
         run["qlab"] = [measure_qlab(name, batch=batch, repeats=repeats, warmup=warmup, seed=seed, log=log)
                        for name in models if name in ("mlp", "cnn")]
+    if "tiny" in parts:
+        from .bench_tiny import measure_tiny
+
+        run["tiny"] = measure_tiny(repeats=repeats, warmup=warmup, log=log)
     run["gpu"] = measure_gpu(torch, log=log)
     run["loadavg_end"] = _loadavg()
     return run
@@ -718,6 +722,9 @@ def format_extras(runs):
                 f"(θ −= η∇L, nothing recorded): {q['ratios_lean']['per-parameter']:.2f}× / "
                 f"{q['ratios_lean']['flat']:.2f}×; floor 1 + forward/step = {q['floor']:.2f}; "
                 f"target ≤ {q['target']:.2f}× (vs qr.optim.SGD): {q['verdict']}")
+        from .bench_tiny import format_tiny
+
+        lines += format_tiny(run.get("tiny"), tag)
         gpu = run.get("gpu")
         if gpu is not None:
             if not gpu["available"]:

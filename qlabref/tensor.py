@@ -355,10 +355,16 @@ def _raw(x):
 
 
 def _ops():
-    # imported lazily: ops imports Tensor
+    # imported lazily (ops imports Tensor), once: every operator calls this
+    if _CORE:
+        return _CORE[0]
     from .ops import core
 
+    _CORE.append(core)
     return core
+
+
+_CORE = []
 
 
 def tensor(data, requires_grad=False, dtype=None) -> Tensor:

@@ -211,6 +211,10 @@ def trajectory(
             return fixed_ref
         return fn.nearest_minimum(x)[2]
 
+    # f_ref <= ref_max for every point, so fx - ref_max >= tol rules a hit out exactly (subtraction
+    # rounds monotonically) without the nearest-minimum search: most steps of a run are far from it
+    ref_max = fixed_ref if fixed_ref is not None else float(np.max(fn.minima_values))
+
     path = [start.copy()]
     losses = [fn.f(start)]
     lrs = []
@@ -222,8 +226,10 @@ def trajectory(
     stopped = "budget"
     t0 = time.perf_counter()
 
-    def inside(x):
-        return bool(np.all(x >= lo) and np.all(x <= hi))
+    (x_lo, y_lo), (x_hi, y_hi) = (float(v) for v in lo), (float(v) for v in hi)
+
+    def inside(x):  # x: a finite point of shape (2,)
+        return x_lo <= x[0] <= x_hi and y_lo <= x[1] <= y_hi
 
     if target != "local" and inside(start) and losses[0] - ref_of(start) < tol:
         hit = 0
@@ -235,9 +241,11 @@ def trajectory(
             if stop_at_hit and hit is not None:
                 stopped = "hit"
                 break
-            if gtol is not None and np.linalg.norm(fn.grad(path[-1])) < gtol:
-                stopped = "stationary"
-                break
+            if gtol is not None:
+                gx, gy = fn._grad(path[-1][0], path[-1][1])  # the analytic gradient, as fn.grad
+                if math.sqrt(gx * gx + gy * gy) < gtol:
+                    stopped = "stationary"
+                    break
             try:
                 opt.step(closure)
             except NonFiniteLossError:
@@ -257,15 +265,17 @@ def trajectory(
                     projections += 1
                     p.data[...] = xp
                     x = xp
-            fx = fn.f(x) if np.all(np.isfinite(x)) else math.nan
-            if not (np.all(np.isfinite(x)) and math.isfinite(fx)):
+            finite = math.isfinite(x[0]) and math.isfinite(x[1])
+            fx = fn.f(x) if finite else math.nan
+            if not (finite and math.isfinite(fx)):
                 nonfinite, stopped = t, "nonfinite"
                 break
             path.append(x)
             losses.append(fx)
-            if left is None and not inside(x):
+            ins = inside(x)
+            if left is None and not ins:
                 left = t
-            if hit is None and target != "local" and inside(x) and fx - ref_of(x) < tol:
+            if hit is None and target != "local" and ins and fx - ref_max < tol and fx - ref_of(x) < tol:
                 hit = t
 
     path = np.array(path)

@@ -438,14 +438,16 @@ def write_function_outputs(fname, by_opt, out, animate=False, title_suffix=""):
 
 def write_summary(comp, out, partial=False):
     """The overview figure, ``table.md`` and ``results.json`` for the functions in ``comp`` (written
-    again, complete, at the end; ``partial`` marks an intermediate version)."""
+    again, complete, at the end; ``partial`` marks an intermediate version: table and JSON only, the
+    overview figure is drawn once, at the end)."""
     from .. import plots
 
     out = Path(out)
     written = []
-    first_runs = {fname: [sw.best_runs()[0] for sw in by_opt.values() if sw.best_runs()]
-                  for fname, by_opt in comp.sweeps.items()}
-    written.append(plots.save(plots.trajectory_grid(first_runs), out / "trajectories.png"))
+    if not partial:  # the overview figure once, at the end (each function's own figures are already out)
+        first_runs = {fname: [sw.best_runs()[0] for sw in by_opt.values() if sw.best_runs()]
+                      for fname, by_opt in comp.sweeps.items()}
+        written.append(plots.save(plots.trajectory_grid(first_runs), out / "trajectories.png"))
     rows = summary_rows(comp)
     note = ["", f"(partial: {', '.join(comp.sweeps)} done so far; the run is still going)"] if partial else []
     md = ["# Iterations to reach the optimum: qlabref vs the paper's Figure 2", *note, "",

@@ -205,8 +205,10 @@ class Module:
     def eval(self):
         return self.train(False)
 
-    def zero_grad(self, set_to_none=False):
-        """Zero every parameter's gradient in place (views into ``flat_grads()`` stay views)."""
+    def zero_grad(self, set_to_none=True):
+        """Reset every parameter's gradient, as ``torch.nn.Module.zero_grad`` (≥ 2.0): ``set_to_none=True``
+        (the default) drops it, and the next backward assigns it without a zero-fill or ``+=``; after
+        ``flat_grads()``, or with ``set_to_none=False``, it is zeroed in place (views stay views)."""
         for p in self.parameters():
             if p.grad is not None:
                 if set_to_none and "_flat_grads" not in self.__dict__:

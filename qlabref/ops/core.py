@@ -21,6 +21,11 @@ _BASIC_INDEX = (int, np.integer, slice, type(None), type(Ellipsis))
 
 
 def _broadcast_shape(name, a, b):
+    sa, sb = a.shape, b.shape
+    if sa == sb or not sb:  # the common cases (same shape, a scalar operand) need no NumPy call
+        return sa
+    if not sa:
+        return sb
     try:
         return np.broadcast_shapes(a.shape, b.shape)
     except ValueError:
@@ -135,6 +140,10 @@ class Pow(Function):
     def backward(ctx, g):
         a, b, out = ctx.saved
         ga = gb = None
+        if ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and b.ndim == 0 and b == 2:
+            # x ** 2 with a constant 2 (every quadratic test function): power(a, 1) is a, b != 0, so
+            # this is the general formula below, bit for bit, without its errstate and where
+            return (g * b * a).astype(g.dtype, copy=False), None
         if ctx.needs_input_grad[0]:
             with np.errstate(divide="ignore", invalid="ignore"):
                 ga = np.where(b == 0, 0, g * b * np.power(a, b - 1)).astype(g.dtype, copy=False)

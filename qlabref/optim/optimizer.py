@@ -63,6 +63,7 @@ import time
 import numpy as np
 
 from ..autograd import _topological_order, enable_grad, no_grad, no_state_update
+from ..autograd import backward as _backward
 from ..tensor import Tensor
 
 __all__ = ["Optimizer", "NonFiniteLossError", "NonFiniteProbeError", "check_lr", "check_beta", "check_number",
@@ -296,15 +297,22 @@ class Optimizer:
         """All parameters, group by group, in order."""
         return [p for g in self.param_groups for p in g["params"]]
 
-    def zero_grad(self, set_to_none=False):
-        """Zero every parameter's ``.grad``. Gradients that are views into a flat buffer are filled
-        with 0 in place (so they stay views); ``set_to_none=True`` drops them instead."""
-        for p in self.params():
-            if p.grad is not None:
-                if set_to_none:
-                    p.grad = None
-                else:
-                    p.grad[...] = 0
+    def zero_grad(self, set_to_none=True):
+        """Reset every parameter's ``.grad`` before a backward pass, as ``torch.optim`` (≥ 2.0) does.
+
+        ``set_to_none=True`` (the default, torch's): ``.grad`` becomes None and the next backward
+        assigns a fresh gradient (one copy, no zero-fill and no ``+=``); a parameter that backward
+        does not reach keeps None and every optimizer skips it (as torch does). A ``.grad`` that is a
+        view into another buffer (``model.flat_grads()``) is filled with 0 in place instead, so it
+        stays a view. ``set_to_none=False`` fills every ``.grad`` with 0 in place."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                grad = p._grad
+                if grad is not None:
+                    if set_to_none and grad.base is None:
+                        p._grad = None
+                    else:
+                        grad[...] = 0
 
     def grads(self):
         """The gradient arrays, zeros for parameters that got none."""
@@ -315,17 +323,18 @@ class Optimizer:
 
         One BLAS dot product g·g per gradient, the fastest full pass NumPy offers (a NaN/inf entry makes
         it non-finite; an overflow of finite entries is told apart by an exact ``isfinite`` check)."""
-        owner = type(self).__name__
+        owner = None
         for i, p in enumerate(self.params()):
-            g = p.grad
+            g = p._grad
             if g is None:
                 continue
+            owner = type(self).__name__
             if not isinstance(g, np.ndarray) or g.shape != p.data.shape:
                 raise ValueError(f"{owner}: the .grad of parameter {i} is "
                                  f"{'an array of shape ' + str(g.shape) if isinstance(g, np.ndarray) else type(g).__name__}"
                                  f"; the parameter has shape {p.data.shape}")
             flat = g.reshape(-1)
-            if not math.isfinite(float(np.dot(flat, flat))) and not np.isfinite(g).all():
+            if not math.isfinite(np.dot(flat, flat)) and not np.isfinite(g).all():
                 bad = int(np.size(g) - np.count_nonzero(np.isfinite(g)))
                 at = "" if loss is None else f" although the loss is {loss!r}"
                 raise NonFiniteLossError(
@@ -334,6 +343,8 @@ class Optimizer:
 
     # ------------------------------------------------------------------ closure evaluation
     def _check_loss(self, loss, where):
+        if type(loss) is Tensor and loss._data.ndim == 0 and loss._data.dtype.kind == "f":
+            return loss  # the common case, checked in one line
         owner = type(self).__name__
         if not isinstance(loss, Tensor):
             if isinstance(loss, (bool, int, float, np.generic)):
@@ -359,33 +370,35 @@ class Optimizer:
         parameter (else ``TypeError``), the loss is finite and then every gradient is finite (else
         ``NonFiniteLossError``; ``.grad`` then holds the non-finite gradient).
         """
-        owner = type(self).__name__
         if not callable(closure):
-            raise TypeError(f"{owner}.step: closure must be a callable returning the loss, got {type(closure).__name__}")
+            raise TypeError(f"{type(self).__name__}.step: closure must be a callable returning the loss, got "
+                            f"{type(closure).__name__}")
         t0 = time.perf_counter()
         try:
-            return self._evaluate(closure, owner)
+            return self._evaluate(closure)
         finally:
             self._add_time("forward_backward", time.perf_counter() - t0)
 
-    def _evaluate(self, closure, owner):
+    def _evaluate(self, closure):
         with enable_grad():
             loss = closure()
         loss = self._check_loss(loss, "")
         if not loss.requires_grad:
-            raise TypeError(f"{owner}: the closure returned a loss Tensor that is not attached to any graph "
-                            "(requires_grad=False: computed under no_grad(), detached, or from constants only)")
+            raise TypeError(f"{type(self).__name__}: the closure returned a loss Tensor that is not attached to any "
+                            "graph (requires_grad=False: computed under no_grad(), detached, or from constants only)")
         params = self.params()
-        leaves = {id(n) for n in _topological_order(loss) if n._node is None}
+        order = _topological_order(loss)  # computed once: the check below and backward share it
+        leaves = {id(n) for n in order if n._node is None}
         if not any(id(p) in leaves for p in params):
-            raise TypeError(f"{owner}: the closure returned a loss that does not depend on any of the optimizer's "
-                            f"{len(params)} parameters (was the model rebuilt, or the optimizer given other tensors?)")
-        value = float(loss.data)
+            raise TypeError(f"{type(self).__name__}: the closure returned a loss that does not depend on any of the "
+                            f"optimizer's {len(params)} parameters (was the model rebuilt, or the optimizer given "
+                            "other tensors?)")
+        value = float(loss._data)
         if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"{owner}: the loss at the current parameters is {value}; parameters and optimizer state unchanged")
+            raise NonFiniteLossError(f"{type(self).__name__}: the loss at the current parameters is {value}; "
+                                     "parameters and optimizer state unchanged")
         self.zero_grad()
-        loss.backward()
+        _backward(loss, _order=order)
         self.check_grads(value)
         return value
 
@@ -408,7 +421,9 @@ class Optimizer:
         return value
 
     def _add_time(self, key, seconds):
-        timing = self.__dict__.setdefault("timing", {"forward_backward": 0.0, "probe": 0.0})
+        timing = self.__dict__.get("timing")
+        if timing is None:
+            timing = self.timing = {"forward_backward": 0.0, "probe": 0.0}
         timing[key] = timing.get(key, 0.0) + seconds
 
     def reset_timing(self):
