@@ -15,7 +15,7 @@ from . import __version__, commands
 from .errors import UsageError
 
 # The order in which commands are listed in --help; commands not named here follow alphabetically.
-_ORDER = ["demo", "trajectories", "explain", "verify", "train", "plot", "reproduce", "bench", "data"]
+_ORDER = ["demo", "trajectories", "explain", "explore", "verify", "train", "plot", "reproduce", "bench", "data"]
 
 
 def _command_modules():
