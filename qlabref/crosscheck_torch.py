@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["crosscheck", "CrosscheckResult", "plot", "TorchDropoutSampler", "QUANTITIES", "METHODS", "DEFAULT_TOL"]
+__all__ = ["crosscheck", "check_inputs", "check_device", "check_model_fits", "CrosscheckResult", "plot",
+           "TorchDropoutSampler", "QUANTITIES", "METHODS", "DEFAULT_TOL"]
 
 #: the quantities compared after every step, in report order
 QUANTITIES = ("loss", "probe_loss", "alpha_star", "lr", "params", "buffers")
@@ -222,7 +223,8 @@ def _make_optimizers(name, tparams, qparams, options, torch_optimizer):
         to = torch_optimizer(tparams) if torch_optimizer else getattr(qt, cls)(tparams, **extra, **options)
     else:
         if "lr" not in options:
-            raise ValueError(f"crosscheck: optimizer {name!r} needs a learning rate: options={{'lr': ...}}")
+            raise ValueError(f"crosscheck: optimizer {name!r} needs a learning rate (--lr on the command line, "
+                             f"options={{'lr': ...}} in Python)")
         qo = optim.get(key, qparams, **options)
         to = torch_optimizer(tparams) if torch_optimizer else getattr(torch.optim, BASELINES[key])(tparams, **options)
     return to, qo
@@ -272,6 +274,108 @@ def _paired_buffers(tm, qm):
     return pairs
 
 
+#: upper bounds of a crosscheck's size (a step runs both engines; these keep a typo from hanging the machine)
+MAX_STEPS = 100_000
+MAX_BATCH = 65_536
+
+
+def check_device(device):
+    """``ValueError`` unless ``device`` names a PyTorch device usable here (cpu; cuda[:i] with that GPU)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"crosscheck: device {device!r} is not a PyTorch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"crosscheck: device {device!r}: PyTorch sees no CUDA GPU here (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"crosscheck: device {device!r}: there are {torch.cuda.device_count()} CUDA GPU(s) here")
+    elif dev.type != "cpu":
+        raise ValueError(f"crosscheck: device {device!r}: only cpu and cuda are supported")
+    return dev
+
+
+def check_inputs(X, y, *, steps, batch_size, seed=0, dtype="float64", loss="cross_entropy"):
+    """The data and sizes of a crosscheck, checked before anything runs; returns ``(X, y)`` as NumPy
+    arrays (X in ``dtype``). ``ValueError``/``TypeError`` naming the problem: not numbers, empty, X and
+    y of different lengths, y not 1-D integers (for cross_entropy), negative labels, NaN/inf in X (or
+    values that overflow ``dtype``), ``steps`` not in [1, MAX_STEPS], ``batch_size`` not in [1, len(X)]."""
+    import torch
+
+    def whole(name, v, lo, hi):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+            raise ValueError(f"crosscheck: {name} must be an integer between {lo} and {hi}, got {v!r}")
+
+    whole("steps", steps, 1, MAX_STEPS)
+    whole("seed", seed, 0, 2**63 - 1)
+    arrays = []
+    for name, a in (("X", X), ("y", y)):
+        if torch.is_tensor(a):
+            a = a.detach().cpu().numpy()
+        try:
+            a = np.asarray(a)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"crosscheck: {name} is not an array ({str(exc)[:80]})") from None
+        if a.dtype.hasobject or a.dtype.kind not in "biuf":
+            raise TypeError(f"crosscheck: {name} must be numeric, got dtype {a.dtype}")
+        arrays.append(a)
+    X, y = arrays
+    if X.ndim < 2 or len(X) == 0:
+        raise ValueError(f"crosscheck: X must hold at least one example (shape (N, ...)), got shape {X.shape}")
+    if y.ndim == 0 or len(y) != len(X):
+        raise ValueError(f"crosscheck: X has {len(X)} examples and y shape {y.shape}; need one target per example")
+    whole("batch_size", batch_size, 1, min(len(X), MAX_BATCH))
+    if X.dtype.kind == "f" and not np.isfinite(X).all():
+        raise ValueError(f"crosscheck: X holds {int(X.size - np.isfinite(X).sum())} NaN/inf values")
+    with np.errstate(over="ignore"):  # reported below, by name
+        X = X.astype(dtype, copy=False)
+    if not np.isfinite(X).all():
+        raise ValueError(f"crosscheck: X has values too large for {dtype} (they become inf)")
+    if loss == "cross_entropy":
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise TypeError(f"crosscheck: y must hold integer class labels (1-D) for cross_entropy, got dtype "
+                            f"{y.dtype} shape {y.shape}")
+        if y.min() < 0:
+            raise ValueError(f"crosscheck: y holds negative labels (min {int(y.min())})")
+        y = y.astype(np.int64, copy=False)
+    return X, y
+
+
+def check_model_fits(model, X, y, dtype="float64", loss="cross_entropy"):
+    """``ValueError`` unless ``model`` takes ``X``'s examples and (cross_entropy) has an output for every
+    label of ``y``: one forward pass of the qlabref copy on the first example, nothing trained."""
+    X, y = check_inputs(X, y, steps=1, batch_size=1, dtype=dtype, loss=loss)
+    _, qm = _make_models(model, dtype, "cpu")
+    _check_fits_model(qm, X, y, loss)
+
+
+def _check_fits_model(qm, X, y, loss):
+    """One forward pass of the qlabref model on the first example: X's shape must fit the model, and
+    with cross_entropy every label must be one of its outputs."""
+    from .autograd import no_grad, no_state_update
+    from .tensor import Tensor
+
+    was = qm.training
+    qm.eval()
+    try:
+        with no_grad(), no_state_update():
+            out = qm(Tensor(np.ascontiguousarray(X[:1])))
+    except Exception as exc:
+        raise ValueError(f"crosscheck: X has examples of shape {X.shape[1:]}, which the model does not take "
+                         f"({type(exc).__name__}: {str(exc)[:100]})") from None
+    finally:
+        qm.train(was)
+    if loss == "cross_entropy":
+        shape = getattr(out, "shape", ())
+        if len(shape) != 2:
+            raise ValueError(f"crosscheck: the model's output has shape {shape}; cross_entropy needs (N, classes)")
+        if int(y.max()) >= shape[1]:
+            raise ValueError(f"crosscheck: y holds labels up to {int(y.max())}, but the model has {shape[1]} outputs "
+                             f"(classes 0..{shape[1] - 1})")
+
+
 def crosscheck(model, X, y, *, optimizer="qlabgrad", steps=20, batch_size=32, seed=0, dtype="float64",
                options=None, tol=None, loss="cross_entropy", torch_optimizer=None, device="cpu", model_name=None,
                callback=None):
@@ -290,22 +394,15 @@ def crosscheck(model, X, y, *, optimizer="qlabgrad", steps=20, batch_size=32, se
 
     if dtype not in DEFAULT_TOL:
         raise ValueError(f"crosscheck: dtype must be 'float64' or 'float32', got {dtype!r}")
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"crosscheck: steps must be an integer >= 1, got {steps!r}")
-    tol = DEFAULT_TOL[dtype] if tol is None else float(tol)
-    if not tol > 0:
-        raise ValueError(f"crosscheck: tol must be > 0, got {tol!r}")
-    X = X.detach().cpu().numpy() if torch.is_tensor(X) else np.asarray(X)
-    y = y.detach().cpu().numpy() if torch.is_tensor(y) else np.asarray(y)
-    if not np.issubdtype(X.dtype, np.number):
-        raise TypeError(f"crosscheck: X must be numeric, got dtype {X.dtype}")
-    X = X.astype(dtype, copy=False)
-    if loss == "cross_entropy":
-        if not np.issubdtype(y.dtype, np.integer):
-            raise TypeError(f"crosscheck: y must hold integer class labels for cross_entropy, got dtype {y.dtype}")
-        y = y.astype(np.int64, copy=False)
+    tol = DEFAULT_TOL[dtype] if tol is None else tol
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) or not 0 < tol < math.inf:
+        raise ValueError(f"crosscheck: tol must be a finite number > 0, got {tol!r}")
+    tol = float(tol)
+    check_device(device)
+    X, y = check_inputs(X, y, steps=steps, batch_size=batch_size, seed=seed, dtype=dtype, loss=loss)
     tloss, qloss = _loss_fns(loss)
     tm, qm = _make_models(model, dtype, device)
+    _check_fits_model(qm, X, y, loss)
     tparams = [p for p in tm.parameters() if p.requires_grad]
     qparams = qm.parameters()
     to, qo = _make_optimizers(optimizer, tparams, qparams, options, torch_optimizer)

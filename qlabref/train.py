@@ -21,9 +21,11 @@ fixed number of iterations and writes, into ``config["out"]``:
 ``evals.csv``
     ``iter, test_loss, test_accuracy`` at iteration 0, every ``eval_every`` steps and at the end
     (model in eval mode, no graph; Schedule-Free's ``opt.eval()``/``opt.train()`` around it).
-``checkpoint.pkl``
-    model, optimizer state, schedule state, data-order position and the byte length of every record
-    file, every ``checkpoint_every`` steps and at the end, written atomically (temporary file + rename).
+``checkpoint.json`` + ``checkpoint-<sha256>.npz``
+    model, optimizer state, schedule state, data-order position, the byte length and SHA-256 of every
+    record file and the environment the bit-identity depends on, every ``checkpoint_every`` steps and at
+    the end: data only (arrays in the ``.npz``, read with ``allow_pickle=False``; the rest tagged JSON),
+    with a format version and checksums, written atomically (:mod:`qlabref.runfolder`).
 ``summary.json``
     configuration, package versions, git commit, machine, status (``finished`` / ``diverged`` /
     ``failed`` / ``interrupted`` / ``running``), the reason and step where a run stopped, final test
@@ -31,11 +33,19 @@ fixed number of iterations and writes, into ``config["out"]``:
     how often the fallback α = ᾱ was taken, FindPLR ran and the probe was not finite. Rewritten at every
     checkpoint and at the end.
 
-Resume (``resume(dir)``, ``qlabref train --resume DIR``): the checkpoint is loaded, every record file is
-cut back to its length at that checkpoint (rows written after it are dropped and recomputed), and the
-run continues. This works after a SIGKILL at any moment: files are appended and flushed per step,
-checkpoints are replaced atomically, and the rows past the checkpoint are recomputed bit-identically
-(same batches, same state). A run killed before its first checkpoint restarts from iteration 0.
+Resume (``resume(dir)``, ``qlabref train --resume DIR``): first the whole run folder is validated
+against the checkpoint, without changing a byte: the checkpoint's own checksums and format,
+``config.json`` against the configuration the checkpoint was made with, every record file (present, at
+least as long as the checkpoint recorded, its first bytes unchanged (SHA-256) and parsing row by row up
+to the checkpoint's iteration), and the environment (thread counts, versions, BLAS, CPU, backend: a
+difference is refused unless ``allow_drift=True`` / ``--allow-drift``, and is then recorded in
+``summary.json``). Any failure raises :class:`~qlabref.runfolder.RunFolderError` naming the file and the
+problem, and the folder is left exactly as it was. Only then is every record file cut back to its length
+at the checkpoint (rows written after it are dropped and recomputed) and the run continues. This works
+after a SIGKILL at any moment: files are appended and flushed per step, checkpoints are replaced
+atomically, and the rows past the checkpoint are recomputed bit-identically (same batches, same state,
+same environment). A run killed before its first checkpoint restarts from iteration 0. An old
+``checkpoint.pkl`` is refused (a pickle can run code when loaded).
 
 Stops: a non-finite loss (``NonFiniteLossError`` from the optimizer, or a NaN/inf loss returned by one
 that does not check) ends the run with status ``diverged``; its row is written with the non-finite
@@ -53,7 +63,6 @@ import copy
 import json
 import math
 import os
-import pickle
 import platform
 import subprocess
 import sys
@@ -61,8 +70,9 @@ import time
 
 import numpy as np
 
-__all__ = ["TrainConfig", "run", "resume", "load_config", "build_model", "load_data", "evaluate",
-           "parse_kv", "RunDirLocked", "STEP_COLUMNS", "TIMING_COLUMNS", "EVAL_COLUMNS", "EXIT_CODES", "RunStopped"]
+__all__ = ["TrainConfig", "run", "resume", "load_config", "build_model", "load_data", "evaluate", "check_data",
+           "parse_kv", "RunDirLocked", "RunFolderError", "STEP_COLUMNS", "TIMING_COLUMNS", "EVAL_COLUMNS",
+           "EXIT_CODES", "RunStopped"]
 
 STEP_COLUMNS = ("iter", "loss", "lr", "evals", "a0", "a1", "a2", "alpha_star", "pre_lr", "fallback")
 QLAB_COLUMNS = ("a0", "a1", "a2", "alpha_star", "pre_lr", "fallback")
@@ -70,7 +80,6 @@ TIMING_COLUMNS = ("iter", "seconds", "data", "forward_backward", "probe", "updat
 EVAL_COLUMNS = ("iter", "test_loss", "test_accuracy")
 #: exit codes of ``qlabref train``
 EXIT_CODES = {"finished": 0, "usage": 2, "diverged": 3, "failed": 4, "interrupted": 130}
-CHECKPOINT_FORMAT = "qlabref-checkpoint-1"
 
 MODELS = ("mlp", "cnn", "resnet18")
 DATASETS = ("mnist", "cifar10", "tiny-imagenet")
@@ -87,6 +96,9 @@ DEFAULTS = dict(
     eval_every=1000, checkpoint_every=None, dtype="float32", out=None, data_dir=None, train_limit=None,
     test_limit=None, eval_batch=1000, flat_buffers=False,
 )
+
+
+from .runfolder import RunFolderError  # noqa: E402  (re-exported: a run folder that cannot be resumed)
 
 
 class RunDirLocked(ValueError):
@@ -191,9 +203,14 @@ def load_config(out) -> TrainConfig:
             raw = json.load(f)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object")
-    return TrainConfig(raw)
+    try:
+        return TrainConfig(raw)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------- building blocks
@@ -340,13 +357,24 @@ def _json_default(o):
     return str(o)
 
 
-def check_out_dir(out, resume=False):
-    """Create ``out`` and check it can be written; raise ``ValueError`` naming the problem."""
+def check_out_dir(out, resume=False, create=True):
+    """Check that ``out`` can be the run folder and (``create``) create it; raise ``ValueError`` naming
+    the problem. With ``create=False`` nothing is created: an existing folder is test-written, a missing
+    one needs a writable existing parent (so a failing command leaves no empty run folder behind)."""
     if out is None:
         raise ValueError("no output folder given (out / --out)")
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out}: exists and is not a folder")
+        raise ValueError(f"--out {out}: exists and is a file, not a folder")
+    if not create and not os.path.exists(out):
+        parent = os.path.dirname(os.path.abspath(out))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ValueError(f"--out {out}: cannot be created: {parent} is a file")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {out}: cannot be created: {parent} is not writable")
+        return out
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, ".qlabref-write-test")
@@ -359,6 +387,49 @@ def check_out_dir(out, resume=False):
         raise ValueError(f"--out {out}: already holds a run (steps.csv); use --resume {out} to continue it, "
                          f"or choose another folder")
     return out
+
+
+#: the image shape each data set's records stand for, and its number of classes
+DATA_SHAPES = {"mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "tiny-imagenet": ((3, 64, 64), 200)}
+
+
+def check_data(config, data):
+    """``data`` = ``(X_train, y_train, X_test, y_test)`` checked against ``config`` before anything is
+    created: array-likes of numbers (lists are converted), images of the shape ``config["data"]`` stands
+    for (``(1, 28, 28)`` for mnist, ``(3, 32, 32)`` cifar10, ``(3, 64, 64)`` tiny-imagenet), all finite,
+    integer labels in ``[0, classes)``, one label per image, neither split empty. Returns the four
+    arrays; ``ValueError`` naming the array and the problem otherwise."""
+    if not isinstance(data, (tuple, list)) or len(data) != 4:
+        got = type(data).__name__ + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        raise ValueError(f"data must be a tuple (X_train, y_train, X_test, y_test), got {got}")
+    shape, classes = DATA_SHAPES[config["data"]]
+    out = []
+    for name, arr in zip(("X_train", "y_train", "X_test", "y_test"), data):
+        try:
+            a = np.asarray(arr)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"data: {name} is not an array ({str(exc)[:80]})") from None
+        if a.dtype.hasobject or a.dtype.kind not in "biuf":
+            raise ValueError(f"data: {name} must hold numbers, got dtype {a.dtype}")
+        out.append(a)
+    Xtr, ytr, Xte, yte = out
+    for xn, X, yn, y in (("X_train", Xtr, "y_train", ytr), ("X_test", Xte, "y_test", yte)):
+        if X.shape[1:] != shape or X.ndim != 4:
+            raise ValueError(f"data: {xn} has shape {X.shape}; data={config['data']!r} needs images of shape "
+                             f"(N, {', '.join(map(str, shape))})")
+        if len(X) == 0:
+            raise ValueError(f"data: {xn} is empty")
+        if y.ndim != 1 or len(y) != len(X):
+            raise ValueError(f"data: {yn} has shape {y.shape}; need one label per image ({len(X)},)")
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"data: {yn} must hold integer class labels, got dtype {y.dtype}")
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"data: {yn} holds labels from {lo} to {hi}; data={config['data']!r} has classes "
+                             f"0..{classes - 1}")
+        if X.dtype.kind == "f" and not np.isfinite(X).all():
+            raise ValueError(f"data: {xn} holds {int(np.size(X) - np.isfinite(X).sum())} NaN/inf values")
+    return Xtr, ytr.astype(np.int64, copy=False), Xte, yte.astype(np.int64, copy=False)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -489,19 +560,40 @@ class _Progress:
             self.bar.close()
 
 
-def run(config, data=None, quiet=False, raise_on_stop=False, _resume=False):
+def run(config, data=None, quiet=False, raise_on_stop=False, _resume=False, _allow_drift=False):
     """Train as ``config`` says (a dict or :class:`TrainConfig`); returns the summary dict.
 
     ``data``: optional ``(X_train, y_train, X_test, y_test)`` arrays instead of ``config["data"]``
-    (the configuration still names the data set for the records). With ``raise_on_stop`` a run that
-    does not finish raises :class:`RunStopped` (its summary attached) after writing everything."""
+    (the configuration still names the data set for the records, so the images must have its shape and
+    the labels its classes: :func:`check_data`). The configuration, the output folder and the data are
+    checked before the run folder is created. With ``raise_on_stop`` a run that does not finish raises
+    :class:`RunStopped` (its summary attached) after writing everything."""
     config = TrainConfig(config)
+    check_out_dir(config["out"], resume=_resume, create=False)
+    data = check_data(config, load_data(config) if data is None else data)
+    existed = os.path.isdir(config["out"])
     out = check_out_dir(config["out"], resume=_resume)
     lock = _lock_run_dir(out)  # one writer per run directory (held until this process ends)
     try:
-        return _run_locked(config, out, data, quiet, raise_on_stop, _resume)
+        return _run_locked(config, out, data, quiet, raise_on_stop, _resume, _allow_drift)
+    except BaseException:
+        if not existed:
+            _remove_unstarted(out)
+        raise
     finally:
         _unlock(lock)
+
+
+def _remove_unstarted(out):
+    """Remove a run folder this call created when it failed before writing any record."""
+    try:
+        names = set(os.listdir(out))
+        if names <= {".lock", "config.json"}:
+            for n in names:
+                os.unlink(os.path.join(out, n))
+            os.rmdir(out)
+    except OSError:  # pragma: no cover - leave it
+        pass
 
 
 def _lock_run_dir(out):
@@ -529,23 +621,15 @@ def _unlock(f):
         pass
 
 
-def _run_locked(config, out, data, quiet, raise_on_stop, _resume):
-    from . import optim, tensor
+def _run_locked(config, out, data, quiet, raise_on_stop, _resume, allow_drift=False):
+    from . import optim, runfolder, tensor
     from .nn import functional as F
     from .optim import NonFiniteLossError
 
     dtype = np.dtype(config["dtype"]).type
 
-    if data is None:
-        data = load_data(config)
     Xtr, ytr, Xte, yte = data
-    if len(Xtr) == 0 or len(Xte) == 0:
-        raise ValueError(f"empty data: {len(Xtr)} training and {len(Xte)} test examples")
-    num_classes = int(max(ytr.max(), yte.max())) + 1
-    if config["data"] == "tiny-imagenet":
-        num_classes = max(num_classes, 200)
-    elif config["data"] in ("mnist", "cifar10"):
-        num_classes = 10
+    num_classes = DATA_SHAPES[config["data"]][1]
     model = build_model(config, Xtr.shape[1:], num_classes)
     opt_kwargs = dict(config["opt"])
     try:
@@ -557,15 +641,27 @@ def _run_locked(config, out, data, quiet, raise_on_stop, _resume):
     ckpt_every = config["checkpoint_every"] or config["eval_every"]
 
     start, elapsed_before, sizes = 0, 0.0, None
-    ckpt_path = os.path.join(out, "checkpoint.pkl")
-    if _resume and os.path.isfile(ckpt_path):
-        ckpt = _load_checkpoint(ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(ckpt["scheduler"])
-        batches.load_state_dict(ckpt["batches"])
-        start, elapsed_before, sizes = ckpt["iter"], ckpt["elapsed"], ckpt["records"]
+    environment = runfolder.determinism_info()
+    drift_history = []
+    ckpt_json = os.path.join(out, runfolder.CHECKPOINT_JSON)
+    config_json = _config_json(config)
+    if _resume:
+        # validate the whole run folder against the checkpoint before anything in it changes
+        ckpt = _validated_checkpoint(out, config_json, environment, allow_drift)
+        if ckpt is not None:
+            body, state, drift_history = ckpt
+            start = body["iter"]
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+                if sched is not None:
+                    sched.load_state_dict(state["scheduler"])
+                batches.load_state_dict(state["batches"])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise RunFolderError(f"{ckpt_json}: its state does not fit the run config.json describes "
+                                     f"({type(exc).__name__}: {str(exc)[:120]})") from None
+            elapsed_before = float(body["elapsed"])
+            sizes = {k: v["size"] for k, v in body["records"].items()}
     if not _resume:
         _atomic_json(os.path.join(out, "config.json"), dict(config))
     if config["flat_buffers"]:
@@ -583,11 +679,14 @@ def _run_locked(config, out, data, quiet, raise_on_stop, _resume):
         "train_examples": int(len(Xtr)), "test_examples": int(len(Xte)),
     }
     session_t0 = time.perf_counter()
+    last_ckpt = [start]
 
     def write_summary(final=False, test=None):
         s = dict(base_summary)
-        s.update(status=status, reason=reason, stopped_at_iter=stop_iter,
+        s.update(status=status, reason=reason, stopped_at_iter=stop_iter, last_checkpoint=last_ckpt[0],
                  iters_done=it_done, wall_seconds=elapsed_before + (time.perf_counter() - session_t0))
+        s["determinism"] = {"environment": environment, "drift": drift_history,
+                            "bit_identical_resumes": not drift_history}
         if test is not None:
             s["final_test_loss"], s["final_test_accuracy"] = test
         s.update(_summarize_records(out))
@@ -609,12 +708,16 @@ def _run_locked(config, out, data, quiet, raise_on_stop, _resume):
 
     def checkpoint(it):
         records_sizes = records.sizes()
-        payload = {
-            "format": CHECKPOINT_FORMAT, "iter": it, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None, "batches": batches.state_dict(),
-            "records": records_sizes, "elapsed": elapsed_before + (time.perf_counter() - session_t0),
+        body = {
+            "iter": it, "elapsed": elapsed_before + (time.perf_counter() - session_t0), "config": config_json,
+            "records": {k: {"size": n, "sha256": runfolder.record_digest(records.paths[k], n)}
+                        for k, n in records_sizes.items()},
+            "environment": environment, "drift": drift_history,
         }
-        _atomic_write_bytes(ckpt_path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict() if sched is not None else None, "batches": batches.state_dict()}
+        runfolder.write_checkpoint(out, body, state)
+        last_ckpt[0] = it
 
     it_done = start
     last_test = None
@@ -699,20 +802,85 @@ def _probe_loss(closure):
         return math.nan
 
 
-def _load_checkpoint(path):
-    try:
-        with open(path, "rb") as f:
-            ckpt = pickle.load(f)
-    except Exception as exc:
-        raise ValueError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
-    return ckpt
+def _config_json(config):
+    """The configuration as JSON gives it back (tuples as lists), without the folder (runs move)."""
+    return {k: v for k, v in json.loads(json.dumps(dict(config), default=_json_default)).items() if k != "out"}
 
 
-def resume(out, data=None, quiet=False, raise_on_stop=False):
+def _read_checkpoint_for(out, config_json):
+    """The validated checkpoint of ``out`` for a run configured as ``config_json`` (``None``: there is
+    none and the run may start over); ``RunFolderError`` naming the file and the problem otherwise."""
+    from . import runfolder
+
+    ckpt = runfolder.read_checkpoint(out)
+    path = os.path.join(out, runfolder.CHECKPOINT_JSON)
+    if ckpt is None:
+        summary = os.path.join(out, "summary.json")
+        try:
+            with open(summary) as f:
+                last = json.load(f).get("last_checkpoint")
+        except (OSError, ValueError, AttributeError):
+            last = None
+        if isinstance(last, int) and last > 0:
+            raise RunFolderError(f"{path}: missing, but {summary} records a checkpoint at iteration {last}; "
+                                 f"not starting over on top of the run")
+        return None
+    body, state = ckpt
+    problems = []
+    for key, kind in (("iter", int), ("elapsed", (int, float)), ("config", dict), ("records", dict),
+                      ("environment", dict), ("drift", list)):
+        if not isinstance(body.get(key), kind) or isinstance(body.get(key), bool):
+            problems.append(key)
+    if not problems:
+        for k in ("steps", "timing", "evals"):
+            r = body["records"].get(k)
+            if not (isinstance(r, dict) and isinstance(r.get("size"), int) and r["size"] > 0
+                    and isinstance(r.get("sha256"), str)):
+                problems.append(f"records.{k}")
+    if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "batches"} <= set(state):
+        problems.append("state")
+    if problems:
+        raise RunFolderError(f"{path}: entries {', '.join(problems)} missing or of the wrong type")
+    if not 0 < body["iter"] <= config_json["iters"]:
+        raise RunFolderError(f"{path}: iteration {body['iter']} is outside 1..{config_json['iters']}")
+    saved = body["config"]
+    diff = [k for k in sorted(set(saved) | set(config_json)) if saved.get(k) != config_json.get(k)]
+    if diff:
+        named = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {config_json.get(k)!r} in config.json"
+                          for k in diff)
+        raise RunFolderError(f"{os.path.join(out, 'config.json')}: differs from the checkpoint's configuration "
+                             f"({named}); restore it, or start a new run")
+    return body, state
+
+
+def _validated_checkpoint(out, config_json, environment, allow_drift):
+    """``(body, state, drift history)`` of the checkpoint of ``out`` once the folder has passed every
+    check (checkpoint, config.json, environment unless ``allow_drift``, record files), reading only;
+    ``None`` when there is no checkpoint; ``RunFolderError`` naming the file and the problem."""
+    from . import runfolder
+
+    ckpt = _read_checkpoint_for(out, config_json)
+    if ckpt is None:
+        return None
+    body, state = ckpt
+    changes = runfolder.drift(body["environment"], environment)
+    history = list(body.get("drift", []))
+    if changes and not allow_drift:
+        named = "; ".join(f"{k} {v[0]!r} -> {v[1]!r}" for k, v in changes.items())
+        raise RunFolderError(
+            f"{os.path.join(out, runfolder.CHECKPOINT_JSON)}: resuming here would not be bit-identical to an "
+            f"uninterrupted run ({named}); resume with the settings of the checkpoint, or pass --allow-drift "
+            f"(allow_drift=True) to continue anyway and record the difference in summary.json")
+    if changes:
+        history.append({"at_iter": body["iter"], "changes": changes})
+    runfolder.check_records(out, body["records"], body["iter"])
+    return body, state, history
+
+
+def resume(out, data=None, quiet=False, raise_on_stop=False, allow_drift=False):
     """Continue the run in ``out`` from its last checkpoint (module docstring); a finished run is
-    returned as it is."""
+    returned as it is. ``allow_drift``: resume even when thread counts, versions, BLAS, CPU or backend
+    differ from the checkpoint's (the result is then not bit-identical; ``summary.json`` says so)."""
     out = os.fspath(out)
     config = load_config(out)
     config["out"] = out
@@ -721,11 +889,21 @@ def resume(out, data=None, quiet=False, raise_on_stop=False):
         try:
             with open(summary_path) as f:
                 prev = json.load(f)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             prev = {}
-        if prev.get("status") == "finished":
+        if isinstance(prev, dict) and prev.get("status") == "finished":
+            from . import runfolder
+
+            ckpt = _read_checkpoint_for(out, _config_json(config))  # a finished run's records are checked too
+            if ckpt is not None:
+                runfolder.check_records(out, ckpt[0]["records"], ckpt[0]["iter"])
             if not quiet:
                 print(f"qlabref train: {out} already finished ({config['iters']} iterations)", file=sys.stderr)
             return prev
-    # without a checkpoint (killed before the first one) run() starts over at iteration 0
-    return run(config, data=data, quiet=quiet, raise_on_stop=raise_on_stop, _resume=True)
+    # the folder is checked before any data are loaded (a refusal costs no MNIST load or download); run()
+    # checks it again under the run-folder lock before it changes anything. Without a checkpoint (killed
+    # before the first one) run() starts over at iteration 0.
+    from . import runfolder
+
+    _validated_checkpoint(out, _config_json(config), runfolder.determinism_info(), allow_drift)
+    return run(config, data=data, quiet=quiet, raise_on_stop=raise_on_stop, _resume=True, _allow_drift=allow_drift)

@@ -73,10 +73,9 @@ def test_run_records_and_summary(idx_dir, tmp_path):
     with open(out / "timing.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 12
     # the final test numbers are what an independent evaluation of the checkpointed model gives
-    import pickle
+    from qlabref import runfolder
 
-    with open(out / "checkpoint.pkl", "rb") as f:
-        ck = pickle.load(f)
+    ck = runfolder.read_checkpoint(str(out))[1]
     model = qr.models.mlp(seed=99)
     model.load_state_dict(ck["model"])
     Xte, yte = qr.data.mnist("test", root=idx_dir)
@@ -131,28 +130,27 @@ def test_resume_after_sigkill_is_byte_identical(idx_dir, tmp_path, rng, dtype):
     assert read(out / "steps.csv") == before
 
 
-def test_resume_in_process_qlabgrad(idx_dir, tmp_path):
+def test_resume_in_process_qlabgrad(idx_dir, tmp_path, monkeypatch):
     """Resume with QLABGrad's own state (ᾱ, FindPLR done) and a checkpoint mid-run, Python API."""
+    from qlabref import runfolder
+
     full = small(idx_dir, tmp_path / "full", iters=20, checkpoint_every=6)
     train.run(full, quiet=True)
     part = small(idx_dir, tmp_path / "part", iters=20, checkpoint_every=6)
-    train.run(dict(part, iters=20), quiet=True)
-    # simulate a kill after iteration 15: drop the rows after it, keep the checkpoint of iteration 12 ...
-    import pickle
+    # stop after iteration 15 (Ctrl-C): the last checkpoint is the one of iteration 12 ...
+    real_update = train._Progress.update
 
-    ck_path = tmp_path / "part" / "checkpoint.pkl"
-    # rebuild a mid-run state by running 12 iterations in a third folder and copying its checkpoint
-    mid = small(idx_dir, tmp_path / "mid", iters=12, checkpoint_every=6)
-    train.run(mid, quiet=True)
-    for name in ("checkpoint.pkl", "steps.csv", "evals.csv", "timing.csv"):
-        (tmp_path / "part" / name).write_bytes(read(tmp_path / "mid" / name))
+    def stop_at_15(self, it, loss, lr):
+        real_update(self, it, loss, lr)
+        if it == 15:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train._Progress, "update", stop_at_15)
+    assert train.run(part, quiet=True)["status"] == "interrupted"
+    monkeypatch.setattr(train._Progress, "update", real_update)
     with open(tmp_path / "part" / "steps.csv", "ab") as f:
-        f.write(b"13,garbage row written after the checkpoint\n14,1.0,")  # torn last line
-    summ = json.loads(read(tmp_path / "part" / "summary.json"))
-    summ["status"] = "running"
-    (tmp_path / "part" / "summary.json").write_text(json.dumps(summ))
-    with open(ck_path, "rb") as f:
-        assert pickle.load(f)["iter"] == 12
+        f.write(b"16,garbage row written after the checkpoint\n17,1.0,")  # torn last line
+    assert runfolder.read_checkpoint(str(tmp_path / "part"))[0]["iter"] == 12
     train.resume(str(tmp_path / "part"), quiet=True)
     assert read(tmp_path / "part" / "steps.csv") == read(tmp_path / "full" / "steps.csv")
 
@@ -175,7 +173,8 @@ def test_qlab_nonfinite_is_diverged(idx_dir, tmp_path):
     """QLABGrad raises NonFiniteLossError itself; the runner stops the same way (records kept)."""
     data = qr.data.mnist("train", root=idx_dir) + qr.data.mnist("test", root=idx_dir)
     X = data[0].copy()
-    X[40:] = np.nan  # batches after the first ones contain NaN pixels
+    X[40:] = 3e38  # batches after the first ones hold huge (finite) pixels: the loss overflows to inf/NaN
+    # (NaN pixels themselves are refused before the run starts: tests/test_bad_input_train_api.py)
     s = train.run(small(idx_dir, tmp_path / "q", iters=30), data=(X, data[1], data[2], data[3]), quiet=True)
     assert s["status"] == "diverged" and s["stopped_at_iter"] >= 1
 
@@ -197,10 +196,9 @@ def test_batchnorm_model_through_the_runner(tmp_path, rng):
                eval_every=2, out=str(tmp_path / "rn"))
     s = train.run(cfg, data=(X, y, X[:4], y[:4]), quiet=True)
     assert s["status"] == "finished"
-    import pickle
+    from qlabref import runfolder
 
-    with open(tmp_path / "rn" / "checkpoint.pkl", "rb") as f:
-        ck = pickle.load(f)
+    ck = runfolder.read_checkpoint(str(tmp_path / "rn"))[1]
     assert int(ck["model"]["bn1.num_batches_tracked"]) == 2  # two forward passes with statistics, not 4+
 
 
@@ -237,7 +235,7 @@ def test_figures(idx_dir, tmp_path):
 
 
 BAD = [
-    (["train", "--out", "FILE"], "exists and is not a folder"),
+    (["train", "--out", "FILE"], "is a file, not a folder"),
     (["train", "--out", "OUT", "--optimizer", "nope"], "unknown optimizer 'nope'"),
     (["train", "--out", "OUT", "--optimizer", "sgd", "--opt", "lr"], "expected key=value"),
     (["train", "--out", "OUT", "--optimizer", "sgd", "--opt", "bogus=1"], "bogus"),

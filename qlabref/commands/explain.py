@@ -226,7 +226,12 @@ def run(args) -> int:
     from . import _args
 
     _check(args)
-    out = _args.ensure_writable_dir(args.out)
+    from ..train import check_out_dir
+
+    try:
+        check_out_dir(args.out, resume=True, create=False)  # created once the step has been explained
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     opt_kw = {}
     if args.lr is not None:
         opt_kw["lr"] = args.lr
@@ -249,9 +254,13 @@ def run(args) -> int:
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
     try:
-        res = explain_step(params, closure, args.optimizer, args.step, args.points, progress=_Progress(), **opt_kw)
+        # overflow on the way to a non-finite loss is reported as one line below, not as NumPy warnings
+        with np.errstate(all="ignore"):
+            res = explain_step(params, closure, args.optimizer, args.step, args.points, progress=_Progress(),
+                               **opt_kw)
     except qr.optim.NonFiniteLossError as e:
         raise UsageError(f"the run diverged before step {args.step}: {e}") from None
+    out = _args.ensure_writable_dir(args.out)
 
     r = res
     print(f"qlabref explain: step {r['step']} of {r['optimizer']} on {what}")

