@@ -72,7 +72,7 @@ QLAB_SGD_TARGET = 1.35
 PROBE_SPEEDUP_TARGET = 2.0
 PROBE_COPY_TARGET = 0.8
 #: the parts ``qlabref bench`` can measure (``--parts``)
-PARTS = ("steps", "probe", "qlab", "tiny")  # tiny: a 2-D optimizer step (bench_tiny.py)
+PARTS = ("steps", "probe", "qlab", "tiny", "torch-optim")  # tiny: a 2-D optimizer step (bench_tiny.py)
 
 #: The variables that fix the BLAS/OpenMP thread count of a fresh process.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -392,6 +392,11 @@ def measure(models, *, threads=1, batch=None, repeats=None, warmup=None, use_tor
         from .bench_tiny import measure_tiny
 
         run["tiny"] = measure_tiny(repeats=repeats, warmup=warmup, log=log)
+    if "torch-optim" in parts:  # qlabref.torch.QLABGrad vs torch SGD and a lean QLAB step (bench_torch_optim)
+        from . import bench_torch_optim
+
+        run["torch_optim"] = bench_torch_optim.measure(torch, models, batch=batch, repeats=repeats, warmup=warmup,
+                                                       seed=seed, log=log)
     run["gpu"] = measure_gpu(torch, log=log)
     run["loadavg_end"] = _loadavg()
     return run
@@ -725,6 +730,9 @@ def format_extras(runs):
         from .bench_tiny import format_tiny
 
         lines += format_tiny(run.get("tiny"), tag)
+        from . import bench_torch_optim
+
+        lines += bench_torch_optim.format_lines(run.get("torch_optim"), f" ({tag})")
         gpu = run.get("gpu")
         if gpu is not None:
             if not gpu["available"]:

@@ -3,8 +3,10 @@
 Read :mod:`qlabref.optim.qlab`'s docstring (``python -m pydoc qlabref.optim.qlab``) for the algorithm,
 the edge cases and the paper's ambiguities; this module implements the very same rules on torch
 tensors (CPU or CUDA, float32 or float64), with the same defaults, the same ``last_step`` keys and the
-same exceptions (``qlabref.optim.NonFiniteLossError``, ``qlabref.optim.FindPLRError``). FindPLR's
-loops and the fallback rules are *shared code*, not copies: they come from ``qlabref.optim.qlab``.
+same exceptions (``qlabref.optim.NonFiniteLossError``, ``qlabref.optim.FindPLRError``). The rule
+itself (Eqs. 5-10, Algorithm 1's fallback, the caps, FindPLR's decisions and loops, the records) is
+*shared code*, not a copy: :mod:`qlabref.optim.qlab_rule` and :mod:`qlabref.optim.qlab`. This module
+only moves tensors.
 
 A ten-line loop::
 
@@ -23,9 +25,13 @@ A ten-line loop::
 
 What a probe does not change (the paper's g(ᾱ) is a function of θ on *this* minibatch):
 
-- **Module buffers.** While a probe runs, a global forward pre-hook
-  (``torch.nn.modules.module.register_module_forward_pre_hook``) snapshots the buffers of every module
-  that runs, and they are written back afterwards: BatchNorm ``running_mean``/``running_var`` and
+- **Module buffers.** A global forward pre-hook
+  (``torch.nn.modules.module.register_module_forward_pre_hook``) finds the modules that run in the
+  closure whose forward can write their buffers: training-mode BatchNorm/InstanceNorm with running
+  statistics, and any module of your own that has buffers (its forward is unknown, so it is guarded);
+  no other ``torch.nn`` module. Their buffers are saved before a probe (with one foreach copy per
+  dtype into storage kept between steps; a module seen for the first time is saved by the hook just
+  before it runs) and written back after it: BatchNorm ``running_mean``/``running_var`` and
   ``num_batches_tracked`` are bit for bit as if the probe had not happened. The optimizer needs no
   reference to the model for this. (Buffers changed outside a module's ``forward`` call, e.g. by a
   functional ``F.batch_norm`` on your own tensors, are not seen.)
@@ -34,9 +40,22 @@ What a probe does not change (the paper's g(ᾱ) is a function of θ on *this* m
   in the forward pass; after the step it is left where the main forward left it.
 - **A failed step changes nothing.** If the closure raises (in the forward or in a probe), or the loss
   or the gradient is not finite (``NonFiniteLossError``, raised before the update), the parameters,
-  the optimizer state, the buffers touched by the forward and the RNG state are restored. (Memory:
-  a step holds one copy of the parameters, and QLAB one of its momentum/Adam state, as the reference
-  engine does.)
+  their ``.grad``, the optimizer state, the buffers touched by the forward and the RNG state are
+  restored. (Memory: the optimizer keeps one copy of the parameters between steps, and QLAB one of its
+  momentum/Adam state, refilled every step; the reference engine holds the same copies during a step.)
+
+**Cost of a step.** An ordinary step (no FindPLR, no probe after a non-finite one, nothing
+non-finite) reads the device **once**: L(θ), ‖∇L‖² (QLAB: also ∇L·V) and g(ᾱ) are stacked and read
+with one ``.tolist()``. The probe θ − ᾱ∇L is therefore evaluated *before* the step knows whether ∇L is
+zero or the loss finite; when it turns out that it was not needed (∇L = 0; QLAB: ∇L·V ≤ 0, which
+probes again along ∇L), that forward is discarded and not counted in ``last_step["evals"]``, which
+stays the reference engine's count. Every tensor operation of the optimizer is a ``torch._foreach_*``
+op over all parameter tensors (one per device and dtype): θ saved with one foreach copy, ‖∇L‖² from
+``torch._foreach_norm`` (a NaN/inf anywhere makes it non-finite, so the finiteness check is free;
+which tensor holds the NaN is found only then, for the message), θ − α·d placed with foreach ops. So the
+number of operations the optimizer dispatches does not grow with the number of parameter tensors
+(``tests/test_torch_optim_cost.py`` counts them). FindPLR steps read once per probe (each probe
+decides the next). The RNG needs no device read: see ``_get_rng``.
 
 Parameter groups: there is **one** α for all parameters (‖∇L‖² and ∇L·V are sums over every group,
 as the paper's scalar learning rate requires), so several groups are allowed but must not set
@@ -54,6 +73,11 @@ from __future__ import annotations
 import copy
 import math
 
+import copy
+import math
+import weakref
+
+from .optim import qlab_rule as rule
 from .optim.optimizer import NonFiniteLossError, NonFiniteProbeError, _typed_init
 from .optim.qlab import (
     DEFAULT_ALPHA0,
@@ -62,11 +86,9 @@ from .optim.qlab import (
     FindPLRError,
     FindPLRNonFiniteError,
     FindPLRResult,
-    _check_max_evals,
-    _check_positive,
+    _after_probe,
+    _findplr_in_step,
     _findplr_loops,
-    _findplr_loops_from_overshoot,
-    _parse_findplr,
 )
 
 try:
@@ -78,21 +100,181 @@ __all__ = ["QLABGrad", "QLAB", "find_plr", "FindPLRError", "FindPLRNonFiniteErro
            "NonFiniteLossError", "NonFiniteProbeError",
            "DEFAULT_ALPHA0", "QLAB_DEFAULT_ALPHA0", "DEFAULT_MAX_EVALS"]
 
-_DIRECTIONS = ("sgd", "momentum", "adam")
+_DIRECTIONS = rule.DIRECTIONS
+
+
+# ------------------------------------------------------------------------------ foreach plumbing
+def _group_index(tensors):
+    """Index lists of ``tensors`` by (device, dtype), in order: one foreach call per list (a foreach op
+    needs one device and dtype to take its fused multi-tensor path). One list for a usual model."""
+    groups = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    return list(groups.values())
+
+
+def _split(groups, *lists):
+    """``lists`` cut by ``groups``: yields one tuple of sub-lists per group (the lists themselves for one group)."""
+    if len(groups) == 1:
+        yield lists
+        return
+    for idx in groups:
+        yield tuple([lst[i] for i in idx] for lst in lists)
+
+
+def _copy_all(groups, dst, src):
+    """dst[i] ← src[i] for all i: one ``torch._foreach_copy_`` per (device, dtype)."""
+    with torch.no_grad():
+        for d, s in _split(groups, dst, src):
+            torch._foreach_copy_(d, s)
+
+
+class _Mirror:
+    """Preallocated copies of a list of tensors (θ, or the optimizer state, or module buffers), kept
+    between steps and refilled with one foreach copy per (device, dtype): a save costs no allocation and
+    a number of dispatched ops that does not grow with the number of tensors."""
+
+    def __init__(self):
+        self.key = None
+        self.copies = []
+        self.groups = []
+
+    def save(self, tensors):
+        key = tuple((id(t), t.shape, t.dtype, t.device) for t in tensors)
+        if key != self.key:
+            self.copies = [torch.empty_like(t, memory_format=torch.preserve_format) for t in tensors]
+            self.groups = _group_index(tensors)
+            self.key = key
+        if tensors:
+            _copy_all(self.groups, self.copies, tensors)
+        return self.copies
+
+    def load_into(self, tensors):
+        if tensors:
+            _copy_all(self.groups, tensors, self.copies)
+
+
+def _sq_norm(tensors, groups=None):
+    """Σ x² over all tensors as a 0-d float64 tensor (no device read): ``torch._foreach_norm`` per
+    (device, dtype), accumulated in float64. A NaN/inf entry anywhere makes it NaN/inf."""
+    norms = []
+    for (ts,) in _split(groups or _group_index(tensors), tensors):
+        norms.extend(torch._foreach_norm(ts, 2, dtype=torch.float64))
+    return _on_one_device(norms).square().sum()
+
+
+def _dot(xs, ys, groups=None):
+    """Σ x·y over all tensor pairs as a 0-d float64 tensor (no device read), with foreach ops only:
+    Σ x·y = ‖max(x·y, 0)‖₁ − ‖min(x·y, 0)‖₁, the two 1-norms accumulated in float64 (float64 inputs:
+    the products are exact inputs of the same sum; float32: each product is rounded once to float32)."""
+    parts = []
+    for x, y in _split(groups or _group_index(xs), xs, ys):
+        prods = torch._foreach_mul(x, y)
+        pos = torch._foreach_norm(torch._foreach_clamp_min(prods, 0.0), 1, dtype=torch.float64)
+        neg = torch._foreach_norm(torch._foreach_clamp_max(prods, 0.0), 1, dtype=torch.float64)
+        parts.append(_on_one_device(pos).sum() - _on_one_device(neg).sum())
+    return parts[0] if len(parts) == 1 else _on_one_device(parts).sum()
+
+
+def _on_one_device(scalars):
+    """0-d tensors stacked on the first one's device (a copy only for models split across devices)."""
+    dev = scalars[0].device
+    return torch.stack([s if s.device == dev else s.to(dev) for s in scalars])
+
+
+def _read(items):
+    """Python floats of ``items`` (0-d tensors or numbers) with ONE read of the device for all the
+    tensors: they are stacked (as float64, exact for every float dtype) and read with ``.tolist()``."""
+    tensors = [x for x in items if isinstance(x, torch.Tensor)]
+    values = iter(_on_one_device([t.detach().to(torch.float64) for t in tensors]).tolist() if tensors else ())
+    return [next(values) if isinstance(x, torch.Tensor) else float(x) for x in items]
+
+
+def _place(params, saved, alpha, dirs, at_saved=False, groups=None):
+    """θ ← saved − α·d in place, as ``saved + (−α·d)``: the reference engine's rounding (one for the
+    product, one for the sum), with three foreach ops per (device, dtype); two (−α·d, then θ += it)
+    when the caller knows θ still equals ``saved`` bit for bit (``at_saved``: the step's first probe)."""
+    with torch.no_grad():
+        for ps, ss, ds in _split(groups or _group_index(params), params, saved, dirs):
+            if alpha == 0.0:
+                torch._foreach_copy_(ps, ss)
+            elif at_saved:
+                torch._foreach_add_(ps, torch._foreach_mul(ds, -alpha))
+            else:
+                torch._foreach_copy_(ps, ds)
+                torch._foreach_mul_(ps, -alpha)
+                torch._foreach_add_(ps, ss)
+
+
+def _restore(params, saved, groups=None):
+    _copy_all(groups or _group_index(params), params, saved)
 
 
 # ------------------------------------------------------------------------------ module state guard
+_NormBase = torch.nn.modules.batchnorm._NormBase
+
+
+def _buffers_may_change(module):
+    """Whether a forward of ``module`` can write its buffers: training-mode BatchNorm/InstanceNorm with
+    running statistics; never another ``torch.nn`` module; any module of yours that has buffers (its
+    forward is not known, so it is guarded)."""
+    if not module._buffers:
+        return False
+    if isinstance(module, _NormBase):
+        return bool(module.training and module.track_running_stats)
+    return not type(module).__module__.startswith("torch.nn.")
+
+
 class _BufferGuard:
-    """While active, snapshot the buffers of every module whose forward runs (first call only);
-    ``restore()`` writes them back. This is what makes a probe leave BatchNorm statistics alone."""
+    """The modules whose buffers a closure can change, and snapshots of their buffers.
+
+    A global forward pre-hook (``register_module_forward_pre_hook``) finds the modules that run; those
+    whose buffers may change (:func:`_buffers_may_change`) are remembered (weakly) for later steps.
+    ``snapshot()`` saves the buffers of every remembered module with one foreach copy per (device,
+    dtype) into storage kept between steps; a module seen for the first time during the guarded
+    forward is saved by the hook just before it runs. ``restore()`` writes everything back."""
 
     def __init__(self):
-        self.saved = {}
+        self.known = {}  # id(module) -> weakref to it
+        self._slots = {}
+
+    def snapshot(self, slot):
+        snap = self._slots.get(slot)
+        if snap is None:
+            snap = self._slots[slot] = _BufferSnapshot(self)
+        snap.take()
+        return snap
+
+    def _modules(self):
+        alive = []
+        for key, ref in list(self.known.items()):
+            m = ref()
+            if m is None:
+                del self.known[key]
+            elif _buffers_may_change(m):
+                alive.append(m)
+        return alive
+
+
+class _BufferSnapshot:
+    def __init__(self, guard):
+        self.guard = guard
+        self.entries = []  # (module, name, buffer) saved in ``mirror``
+        self.extra = []  # (module, name, buffer, clone) saved by the hook during the forward
+        self.seen = set()
+        self.mirror = _Mirror()
+
+    def take(self):
+        self.entries = [(m, n, b) for m in self.guard._modules() for n, b in m._buffers.items() if b is not None]
+        self.mirror.save([b for _, _, b in self.entries])
+        self.extra = []
+        self.seen = {id(m) for m, _, _ in self.entries}
 
     def _hook(self, module, args):
-        if id(module) not in self.saved and module._buffers:
-            self.saved[id(module)] = (module, [(n, b, b.detach().clone()) for n, b in module._buffers.items()
-                                               if b is not None])
+        if id(module) not in self.seen and _buffers_may_change(module):
+            self.seen.add(id(module))
+            self.guard.known[id(module)] = weakref.ref(module)
+            self.extra.extend((module, n, b, b.detach().clone()) for n, b in module._buffers.items() if b is not None)
 
     def __enter__(self):
         self._handle = torch.nn.modules.module.register_module_forward_pre_hook(self._hook)
@@ -104,12 +286,20 @@ class _BufferGuard:
 
     def restore(self):
         with torch.no_grad():
-            for module, entries in self.saved.values():
-                for name, obj, clone in entries:
-                    obj.copy_(clone)
-                    module._buffers[name] = obj
+            for module, name, obj in self.entries:
+                module._buffers[name] = obj  # (a module that replaced a buffer object gets it back)
+            self.mirror.load_into([b for _, _, b in self.entries])
+            for module, name, obj, clone in self.extra:
+                obj.copy_(clone)
+                module._buffers[name] = obj
 
 
+# ------------------------------------------------------------------------------------------- RNG
+# The torch RNG is saved before the main forward and set back before every probe (dropout draws the
+# forward's masks). ``torch.get_rng_state``/``torch.cuda.get_rng_state`` read the generators' state on
+# the host: the CPU generator's state, and for CUDA the seed and the Philox offset, which the CUDA
+# generator keeps in host memory (kernels receive them as launch arguments). Neither reads the device
+# or synchronises it, so this costs no device read on any step.
 def _rng_devices(params):
     return sorted({p.device.index if p.device.index is not None else torch.cuda.current_device()
                    for p in params if p.device.type == "cuda"})
@@ -125,8 +315,9 @@ def _set_rng(state, devices):
         torch.cuda.set_rng_state(s, d)
 
 
-def _loss_value(loss, owner, where=""):
-    """The closure's return value as a float: a 0-d float tensor (the reference engine's rule 1)."""
+# ------------------------------------------------------------------------------------ the closure
+def _check_loss(loss, owner, where=""):
+    """The closure's return value must be a 0-d float tensor (the reference engine's rule 1); no device read."""
     if not isinstance(loss, torch.Tensor):
         got = "None" if loss is None else f"a {type(loss).__name__}" + (
             f" ({loss!r})" if isinstance(loss, (bool, int, float)) else "")
@@ -137,46 +328,21 @@ def _loss_value(loss, owner, where=""):
                         f"{tuple(loss.shape)}; reduce it with .sum() or .mean()")
     if not loss.is_floating_point():
         raise TypeError(f"{owner}: the closure must return a float loss tensor{where}, got dtype {loss.dtype}")
-    return float(loss.detach().item())
+    return loss
 
 
-def _total(parts) -> float:
-    """Σ of float64 scalar tensors: one device sync when they share a device."""
-    if len({p.device for p in parts}) == 1:
-        return float(torch.stack(parts).sum().item())
-    return float(sum(p.item() for p in parts))
-
-
-def _sq_norm(tensors) -> float:
-    """Σ x² over all tensors, accumulated in float64."""
-    return _total([t.detach().double().pow(2).sum() for t in tensors])
-
-
-def _dot(xs, ys) -> float:
-    """Σ x·y over all tensor pairs, accumulated in float64."""
-    return _total([(x.double() * y.double()).sum() for x, y in zip(xs, ys)])
-
-
-def _place(params, saved, alpha, dirs):
-    """θ ← saved − α·d in place, as ``saved + (−α·d)``: the reference engine's rounding."""
-    with torch.no_grad():
-        for p, s, d in zip(params, saved, dirs):
-            if alpha == 0.0:
-                p.copy_(s)
-            else:
-                torch.mul(d, -alpha, out=p)
-                p.add_(s)
-
-
-def _restore(params, saved):
-    with torch.no_grad():
-        for p, s in zip(params, saved):
-            p.copy_(s)
+def _loss_value(loss, owner, where=""):
+    """The closure's return value as a float (one device read)."""
+    return float(_check_loss(loss, owner, where).detach().item())
 
 
 # ------------------------------------------------------------------------------------ the shell
 class _QLABBase(torch.optim.Optimizer):
-    """What QLABGrad and QLAB share: closure evaluation, probes, atomic steps, global state."""
+    """What QLABGrad and QLAB share: closure evaluation, probes, atomic steps, global state.
+
+    Cost of an ordinary step (no FindPLR, no fallback probe, nothing non-finite): every tensor
+    operation is a foreach op over all parameter tensors (one per device and dtype), and the device
+    is read once, for L(θ), ‖∇L‖² (∇L·V) and g(ᾱ) together; see the module docstring."""
 
     def __init__(self, params, defaults):
         self.global_state = {}
@@ -184,7 +350,14 @@ class _QLABBase(torch.optim.Optimizer):
         self.last_step = {}
         #: functions called as ``cb(optimizer, last_step)`` after every step
         self.callbacks = []
+        self._saved_params = _Mirror()
+        self._saved_state = _Mirror()
+        self._guard = _BufferGuard()
         super().__init__(params, defaults)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._saved_params, self._saved_state, self._guard = _Mirror(), _Mirror(), _BufferGuard()
 
     def add_param_group(self, param_group):
         owner = type(self).__name__
@@ -207,69 +380,98 @@ class _QLABBase(torch.optim.Optimizer):
         return [p for g in self.param_groups for p in g["params"]]
 
     def _grads(self, params):
-        return [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in params]
+        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+
+    def _nonfinite_loss(self, loss_value):
+        return NonFiniteLossError(f"{type(self).__name__}: the loss at the current parameters is {loss_value}; "
+                                  "parameters and optimizer state unchanged")
+
+    def _raise_if_nonfinite_loss(self, loss):
+        value = float(loss.detach().item())  # (only on a path that has failed already)
+        if not math.isfinite(value):
+            raise self._nonfinite_loss(value)
+
+    def _check_finite(self, loss, gsq, params, gsq_message=None):
+        """The reference engine's rules 1-2 on the numbers read: a non-finite loss, then a NaN/inf entry
+        of a gradient (the per-tensor search runs only here, once ‖∇L‖² has come out non-finite), then a
+        ‖∇L‖² that overflowed."""
+        owner = type(self).__name__
+        if not math.isfinite(loss):
+            raise self._nonfinite_loss(loss)
+        if math.isfinite(gsq):
+            return
+        for i, p in enumerate(params):
+            if p.grad is None:
+                continue
+            bad = int((~torch.isfinite(p.grad)).sum())
+            if bad:
+                raise NonFiniteLossError(
+                    f"{owner}: the gradient of parameter {i} (shape {tuple(p.shape)}) has {bad} NaN/inf "
+                    f"entr{'y' if bad == 1 else 'ies'} although the loss is {loss!r}; parameters and optimizer "
+                    "state unchanged")
+        raise NonFiniteLossError(gsq_message(gsq, loss) if gsq_message else
+                                 rule.nonfinite_gradient_message(owner, gsq, loss))
 
     def _evaluate(self, closure, params):
-        """Forward with graph, checks (the reference engine's rules 1-2, in its order), backward.
-        Returns the loss (float)."""
+        """Forward with graph, the closure's checks, backward. Returns the loss as a 0-d tensor (not read:
+        its finiteness is checked with the step's one read, by :meth:`_check_finite`)."""
         owner = type(self).__name__
         if not callable(closure):
             raise TypeError(f"{owner}.step: closure must be a callable returning the loss, got {type(closure).__name__}")
         with torch.enable_grad():
             loss = closure()
-        value = _loss_value(loss, owner)
+        _check_loss(loss, owner)
         if not loss.requires_grad:
             raise TypeError(f"{owner}: the closure returned a loss tensor that is not attached to any graph "
                             "(requires_grad=False: computed under torch.no_grad(), detached, or from constants only)")
-        if not math.isfinite(value):
-            raise NonFiniteLossError(
-                f"{owner}: the loss at the current parameters is {value}; parameters and optimizer state unchanged")
         for p in params:
             p.grad = None  # (so that a loss built from none of the parameters is recognised below)
         try:
             loss.backward()
         except RuntimeError as e:
+            self._raise_if_nonfinite_loss(loss)  # the reference checks the loss before backward
             if "second time" in str(e):
                 raise RuntimeError(f"{owner}: the closure must be forward only (return the loss; the optimizer "
                                    f"calls zero_grad and backward itself): {e}") from e
             raise
         if all(p.grad is None for p in params):
+            self._raise_if_nonfinite_loss(loss)
             raise TypeError(f"{owner}: the closure returned a loss that does not depend on any of the optimizer's "
                             f"{len(params)} parameters (was the model rebuilt, or the optimizer given other tensors?)")
-        with_grad = [(i, p) for i, p in enumerate(params) if p.grad is not None]
-        if not bool(torch.stack([torch.isfinite(p.grad).all().cpu() for _, p in with_grad]).all()):
-            for i, p in with_grad:
-                bad = int((~torch.isfinite(p.grad)).sum())
-                if bad:
-                    raise NonFiniteLossError(
-                        f"{owner}: the gradient of parameter {i} (shape {tuple(p.shape)}) has {bad} NaN/inf "
-                        f"entr{'y' if bad == 1 else 'ies'} although the loss is {value!r}; parameters and optimizer "
-                        "state unchanged")
-        return value
+        return loss.detach()
 
     def _probe(self, closure):
-        """One forward at the current parameters: no graph, same RNG as the main forward, buffers kept."""
+        """One forward at the current parameters: no graph, same RNG as the main forward, buffers kept.
+        Returns the loss as a 0-d tensor (not read; :func:`_read` reads it; a float is accepted too)."""
         _set_rng(self._rng_before, self._rng_devs)
-        guard = _BufferGuard()
+        guard = self._guard.snapshot("probe")
         try:
             with torch.no_grad(), guard:
                 loss = closure()
-            return _loss_value(loss, type(self).__name__, " (at a probe evaluation)")
+            return _check_loss(loss, type(self).__name__, " (at a probe evaluation)")
         finally:
             guard.restore()
 
+    def _probe_value(self, closure):
+        """:meth:`_probe` read as a float (FindPLR's loops decide after every probe)."""
+        return _read([self._probe(closure)])[0]
+
     def _atomic(self, closure, body):
-        """Run ``body(params, loss, saved)`` after the main forward + backward (``saved``: copies of the
-        parameters from before it); on any exception put back the parameters, the optimizer state, the
-        buffers the forward touched and the RNG state."""
+        """Run ``body(params, loss, saved)`` after the main forward + backward (``loss``: a 0-d tensor,
+        ``saved``: copies of the parameters from before it); on any exception put back the parameters,
+        their ``.grad``, the optimizer state, the buffers the forward touched and the RNG state."""
         params = self._params()
         self._rng_devs = _rng_devices(params)
         self._rng_before = _get_rng(self._rng_devs)
-        saved_params = [p.detach().clone() for p in params]
-        saved_state = {p: {k: (v.clone() if torch.is_tensor(v) else copy.deepcopy(v)) for k, v in s.items()}
+        saved_params = self._saved_params.save(params)  # θ_{t−1}: one foreach copy
+        state_tensors = [v for s in self.state.values() for v in s.values() if torch.is_tensor(v)]
+        self._saved_state.save(state_tensors)  # QLAB's momentum/Adam state: one foreach copy
+        saved_state = {p: dict(s) for p, s in self.state.items()}
+        saved_other = {p: {k: copy.deepcopy(v) for k, v in s.items() if not torch.is_tensor(v)}
                        for p, s in self.state.items()}
         saved_global = copy.deepcopy(self.global_state)
-        guard = _BufferGuard()
+        saved_grads = [p.grad for p in params]
+        guard = self._guard.snapshot("main")
         try:
             with guard:
                 loss = self._evaluate(closure, params)
@@ -277,9 +479,14 @@ class _QLABBase(torch.optim.Optimizer):
             result = body(params, loss, saved_params)
             _set_rng(rng_after, self._rng_devs)
         except BaseException:
-            _restore(params, saved_params)
+            _restore(params, saved_params, self._saved_params.groups)
+            for p, g in zip(params, saved_grads):
+                p.grad = g
+            self._saved_state.load_into(state_tensors)
             self.state.clear()
-            self.state.update(saved_state)
+            for p, s in saved_state.items():
+                self.state[p] = s
+                s.update(saved_other[p])
             self.global_state = saved_global
             guard.restore()
             _set_rng(self._rng_before, self._rng_devs)
@@ -294,7 +501,27 @@ class _QLABBase(torch.optim.Optimizer):
     def _move(self, params, saved, alpha, dirs, kind):
         """θ ← θ_saved − α·d; ``kind`` is ``"probe"`` (a point g(α) is evaluated at) or ``"update"``
         (Algorithm 1, line 8). One method, so a subclass can change it (e.g. to test ``crosscheck``)."""
-        _place(params, saved, alpha, dirs)
+        at_saved = self.__dict__.pop("_at_saved", False)
+        _place(params, saved, alpha, dirs, at_saved=at_saved, groups=self._groups(saved))
+
+    def _groups(self, saved):
+        """The (device, dtype) groups of the parameters when ``saved`` is this step's saved copy (known
+        since the save), else None (computed where needed)."""
+        return self._saved_params.groups if saved is self._saved_params.copies else None
+
+    def _first_probe(self, closure, params, saved, alpha, dirs, scalars):
+        """The step's probe at ``alpha`` along ``dirs``, made before anything is read, then ONE read of
+        ``scalars`` (the step's 0-d tensors) and of g(α) together. Returns the floats, g(α) last.
+        If the probe raises, the scalars are read first: a non-finite loss or gradient is the cause."""
+        self._at_saved = True  # θ is θ_{t−1} bit for bit: the probe point is one product and one sum
+        self._move(params, saved, alpha, dirs, "probe")
+        self.__dict__.pop("_at_saved", None)
+        try:
+            probe = self._probe(closure)
+        except BaseException:
+            self._check_finite(*_read(scalars[:2]), params)
+            raise
+        return _read([*scalars, probe])
 
     def _finish_step(self, record):
         self._pending_record = record  # published by _atomic when the step is complete
@@ -336,6 +563,7 @@ class _QLABBase(torch.optim.Optimizer):
         self.global_state = copy.deepcopy(gs)
 
 
+
 # ----------------------------------------------------------------------------------- Algorithm 1
 class QLABGrad(_QLABBase):
     """QLABGrad (Algorithm 1) with FindPLR (Algorithm 2), as ``qlabref.optim.QLABGrad``.
@@ -348,50 +576,39 @@ class QLABGrad(_QLABBase):
     @_typed_init  # argument types checked as in qr.optim (a string or a bool for a number is a TypeError)
     def __init__(self, params, pre_lr=None, alpha0=DEFAULT_ALPHA0, findplr="once", max_evals=DEFAULT_MAX_EVALS,
                  max_lr=None, max_lr_factor=None):
-        owner = "QLABGrad"
-        pre_lr = _check_positive("pre_lr", pre_lr, owner, allow_none=True)
-        alpha0 = _check_positive("alpha0", alpha0, owner)
-        mode, _ = _parse_findplr(findplr, owner)
-        if mode == "never" and pre_lr is None:
-            raise ValueError("QLABGrad: findplr='never' needs a pre-learning rate: pass pre_lr (0 < ᾱ < 2/M)")
-        max_evals = _check_max_evals(max_evals, owner)
-        max_lr = _check_positive("max_lr", max_lr, owner, allow_none=True)
-        max_lr_factor = _check_positive("max_lr_factor", max_lr_factor, owner, allow_none=True)
-        super().__init__(params, dict(pre_lr=pre_lr, alpha0=alpha0, findplr=findplr, max_evals=max_evals,
-                                      max_lr=max_lr, max_lr_factor=max_lr_factor))
+        options = rule.qlabgrad_options(pre_lr, alpha0, findplr, max_evals, max_lr, max_lr_factor)
+        super().__init__(params, options)
+        pre_lr = options["pre_lr"]
         self.global_state.update(step=0, pre_lr=pre_lr, findplr_due=pre_lr is None, findplr_runs=0, last_lr=None)
 
-    @property
-    def pre_lr(self):
-        """The current pre-learning rate ᾱ (None before FindPLR has run)."""
-        return self.global_state["pre_lr"]
+    pre_lr = rule.PRE_LR
 
     def step(self, closure=None):
         if closure is None:
-            raise ValueError("QLABGrad.step: needs a closure (forward only, returning the minibatch loss): "
-                             "Algorithm 1 evaluates the loss a second time at θ − ᾱ∇L")
+            raise ValueError(rule.needs_closure_message("QLABGrad"))
         return self._atomic(closure, lambda params, loss, saved: self._step(closure, params, loss, saved))
 
-    def _step(self, closure, params, loss, saved):
+    def _step(self, closure, params, loss_t, saved):
         group = self.param_groups[0]
-        mode, every = _parse_findplr(group["findplr"], "QLABGrad")
+        mode, every = rule.parse_findplr(group["findplr"], "QLABGrad")
         gs = self.global_state
         t = gs["step"] + 1
         grads = self._grads(params)
-        gsq = _sq_norm(grads)
-        if not math.isfinite(gsq):
-            raise NonFiniteLossError(
-                f"QLABGrad: the gradient at the current parameters is not finite (‖∇L‖² = {gsq}) although the "
-                f"loss is {loss}; parameters unchanged")
-        a0 = loss  # Eq. (6): a0 = g(0) = L(θ_{t−1})
-        a1 = -gsq  # Eq. (7): a1 = g'(0) = −‖∇L(θ_{t−1})‖²
-        findplr_due = gs["findplr_due"] or (mode == "every" and t > 1 and (t - 1) % every == 0)
-        record = dict(step=t, loss=loss, grad_sq_norm=gsq, probe_loss=None, a0=a0, a1=a1, a2=None, alpha_star=None,
-                      lr=0.0, pre_lr=gs["pre_lr"], fallback=False, evals=1, findplr_ran=False, findplr_evals=0,
-                      findplr_doublings=0, findplr_halvings=0, probe_nonfinite=False, zero_grad=False, capped=False,
-                      flat_storage=False)
+        gsq_t = _sq_norm(grads, self._groups(saved))  # ‖∇L(θ_{t−1})‖² over every parameter (one α for all)
+        findplr_due = rule.findplr_is_due(gs["findplr_due"], mode, every, t)
+        pre = gs["pre_lr"]
+        probe = None
+        if findplr_due:  # FindPLR decides after every probe: read L and ‖∇L‖² now
+            loss, gsq = _read([loss_t, gsq_t])
+            self._check_finite(loss, gsq, params)
+        else:  # the ordinary step: probe g(ᾱ) first (Eq. 8), then one read decides the step
+            loss, gsq, probe = self._first_probe(closure, params, saved, pre, grads, [loss_t, gsq_t])
+            self._check_finite(loss, gsq, params)
+        record = rule.qlabgrad_record(t, loss, gsq, gs["pre_lr"], flat_storage=False)  # a0, a1: Eqs. (6), (7)
         if gsq == 0.0:
-            # ∇L = 0: g(α) = L for every α; no probe, no step (a due FindPLR waits for the next step).
+            # ∇L = 0: g(α) = L for every α; no step (a due FindPLR waits for the next step). The probe
+            # made before the read (at θ − ᾱ·0 = θ) is not counted: evals = 1, as the reference engine.
+            _restore(params, saved)
             record["zero_grad"] = True
             gs.update(step=t, last_lr=0.0, findplr_due=findplr_due)
             self._finish_step(record)
@@ -401,50 +618,25 @@ class QLABGrad(_QLABBase):
 
         def g_at(alpha):  # Eq. (3): g(α) = L(θ_{t−1} − α∇L(θ_{t−1})), one probe forward
             self._move(params, saved, alpha, grads, "probe")
-            return self._probe(closure)
+            return self._probe_value(closure)
 
-        pre = gs["pre_lr"]
         findplr_runs = gs["findplr_runs"]
-        if findplr_due:
-            # Algorithm 2 on this θ and minibatch; its g(0), ∇L are the ones above.
-            start = group["alpha0"] if pre is None else pre
-            res = _findplr_loops(g_at, loss, gsq, start, group["max_evals"], "QLABGrad")
-            pre = res.pre_lr
+        if findplr_due:  # Algorithm 2 on this θ and minibatch (shared with qr.optim)
+            pre, probe = _findplr_in_step(g_at, loss, gsq, group["alpha0"], pre, group["max_evals"], "QLABGrad",
+                                          record)
             findplr_due = False
             findplr_runs += 1
-            probe = res.last_value  # = g(ᾱ) at the returned ᾱ, same θ, same minibatch (Eq. 8)
-            record.update(findplr_ran=True, findplr_evals=res.probes, findplr_doublings=res.doublings,
-                          findplr_halvings=res.halvings)
-            record["evals"] += res.probes
-        else:
-            probe = g_at(pre)  # Eq. (8): g(ᾱ), the one extra forward of Algorithm 1
-            record["evals"] += 1
-            if not math.isfinite(probe):
-                # Non-finite probe = overshoot (Lemma 3): Algorithm 2's second loop from ᾱ.
-                record["probe_nonfinite"] = True
-                probe, pre, halvings, n = _findplr_loops_from_overshoot(g_at, loss, pre, group["max_evals"],
-                                                                        "QLABGrad")
-                record["findplr_halvings"] = halvings
-                record["evals"] += n
+        else:  # g(ᾱ) made above (Eq. 8); a non-finite one is an overshoot (shared with qr.optim)
+            pre, probe = _after_probe(g_at, loss, pre, probe, group["max_evals"], "QLABGrad", record)
 
-        a2 = (probe - a0 - a1 * pre) / pre**2  # Eq. (9)
-        denom = probe - loss + gsq * pre  # g(ᾱ) − L(θ_{t−1}) + ‖∇L‖²ᾱ  (= a2·ᾱ²)
-        alpha_star = gsq * pre**2 / (2.0 * denom) if denom != 0.0 else None  # Eq. (10)
-        lr = alpha_star  # Algorithm 1, line 4: α_t = α*
-        fallback = not (a2 > 0 and alpha_star is not None and math.isfinite(alpha_star))
-        if fallback:  # Algorithm 1, lines 5–7: α* < 0 (here: a2 ≤ 0, or α* overflowed) → α_t = ᾱ
-            lr = pre
-        if group["max_lr"] is not None and lr > group["max_lr"]:
-            lr = group["max_lr"]
-            record["capped"] = True
-        factor = group["max_lr_factor"]
-        if factor is not None and lr > factor * pre:  # a remedy, not the paper's algorithm (qr.optim.QLABGrad)
-            lr = factor * pre
-            record["capped"] = True
+        a2, alpha_star = rule.qlabgrad_fit(loss, gsq, pre, probe)  # Eqs. (9), (10)
+        # Algorithm 1, lines 4–7 (fallback α_t = ᾱ), then the optional caps (remedies, qr.optim.QLABGrad)
+        lr, fallback, capped = rule.choose_lr(alpha_star, a2, pre, group["max_lr"], group["max_lr_factor"])
         self._move(params, saved, lr, grads, "update")  # Algorithm 1, line 8: θ_t = θ_{t−1} − α_t∇L(θ_{t−1})
 
         gs.update(step=t, last_lr=lr, pre_lr=pre, findplr_due=findplr_due, findplr_runs=findplr_runs)
-        record.update(probe_loss=probe, a2=a2, alpha_star=alpha_star, lr=lr, pre_lr=pre, fallback=fallback)
+        record.update(probe_loss=probe, a2=a2, alpha_star=alpha_star, lr=lr, pre_lr=pre, fallback=fallback,
+                      capped=capped)
         self._finish_step(record)
         return loss
 
@@ -464,93 +656,93 @@ class QLAB(_QLABBase):
                  eps=1e-8, max_evals=DEFAULT_MAX_EVALS, max_lr=None):
         owner = type(self).__name__
         direction = "momentum" if direction is None else direction
-        if direction not in _DIRECTIONS:
-            raise ValueError(f"{owner}: direction must be one of {', '.join(_DIRECTIONS)}, got {direction!r}")
-        alpha0 = _check_positive("alpha0", alpha0, owner)
-        if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
-            raise ValueError(f"{owner}: invalid momentum {momentum!r} (must be in [0, 1))")
-        try:
-            b1, b2 = betas
-        except (TypeError, ValueError):
-            raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}") from None
-        for name, b in (("betas[0]", b1), ("betas[1]", b2)):
-            if not (isinstance(b, (int, float)) and 0.0 <= b < 1.0):
-                raise ValueError(f"{owner}: invalid {name} {b!r} (must be in [0, 1))")
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
-            raise ValueError(f"{owner}: invalid eps {eps!r} (must be a finite number >= 0)")
-        max_evals = _check_max_evals(max_evals, owner)
-        max_lr = _check_positive("max_lr", max_lr, owner, allow_none=True)
-        super().__init__(params, dict(direction=direction, alpha0=alpha0, momentum=float(momentum),
-                                      betas=(float(b1), float(b2)), eps=float(eps), max_evals=max_evals,
-                                      max_lr=max_lr))
+        super().__init__(params, rule.qlab_options(direction, alpha0, momentum, betas, eps, max_evals, max_lr, owner))
         self.global_state.update(step=0, prev_lr=None)
 
     def _direction(self, params, grads, t, group):
-        """The direction's own step with lr = 1 (updates its state), in the reference's arithmetic."""
+        """The direction's own step with lr = 1 (updates its state in place), in the reference's
+        arithmetic, with foreach ops (per tensor only where a state tensor is created, at the first step)."""
         direction = group["direction"]
         if direction == "sgd":
             return grads
-        dirs = []
+        groups = _group_index(params)
         with torch.no_grad():
             if direction == "momentum":
                 mu = group["momentum"]
+                bufs, fresh = [], []
                 for p, g in zip(params, grads):
                     st = self.state[p]
                     buf = st.get("momentum_buffer")
                     if buf is None:
-                        buf = g.clone()  # torch: the first buffer is a copy of the gradient
+                        buf = st["momentum_buffer"] = g.clone()  # torch: the first buffer is a copy of the gradient
+                        fresh.append(True)
                     else:
-                        buf.mul_(mu).add_(g)
-                    st["momentum_buffer"] = buf
-                    dirs.append(buf)
-                return dirs
+                        fresh.append(False)
+                    bufs.append(buf)
+                if all(fresh):
+                    return bufs
+                old = [i for i, f in enumerate(fresh) if not f]
+                ob, og = [bufs[i] for i in old], [grads[i] for i in old]
+                for b, g in _split(_group_index(ob), ob, og):
+                    torch._foreach_mul_(b, mu)  # b ← μb + ∇L
+                    torch._foreach_add_(b, g)
+                return bufs
             b1, b2 = group["betas"]
             eps = group["eps"]
             bc1 = 1.0 - b1**t
             bc2 = 1.0 - b2**t
-            for p, g in zip(params, grads):
+            ms, vs = [], []
+            for p in params:
                 st = self.state[p]
                 if "exp_avg" not in st:
                     st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                m, v = st["exp_avg"], st["exp_avg_sq"]
-                m.add_((g - m).mul_(1.0 - b1))  # torch: exp_avg.lerp_(grad, 1 − β1)
-                v.mul_(b2).add_((g * g).mul_(1.0 - b2))
-                denom = v.sqrt().div_(math.sqrt(bc2)).add_(eps)
-                dirs.append((m / denom).mul_(1.0 / bc1))  # torch: step_size·m/denom with lr = 1
+                ms.append(st["exp_avg"])
+                vs.append(st["exp_avg_sq"])
+            dirs = [None] * len(params)
+            for idx in groups:
+                m, v, g = [ms[i] for i in idx], [vs[i] for i in idx], [grads[i] for i in idx]
+                diff = torch._foreach_sub(g, m)
+                torch._foreach_mul_(diff, 1.0 - b1)
+                torch._foreach_add_(m, diff)  # torch: exp_avg.lerp_(grad, 1 − β1)
+                torch._foreach_mul_(v, b2)
+                gg = torch._foreach_mul(g, g)
+                torch._foreach_mul_(gg, 1.0 - b2)
+                torch._foreach_add_(v, gg)
+                denom = torch._foreach_sqrt(v)
+                torch._foreach_div_(denom, math.sqrt(bc2))
+                torch._foreach_add_(denom, eps)
+                d = torch._foreach_div(m, denom)
+                torch._foreach_mul_(d, 1.0 / bc1)  # torch: step_size·m/denom with lr = 1
+                for i, x in zip(idx, d):
+                    dirs[i] = x
         return dirs
 
     def step(self, closure=None):
         owner = type(self).__name__
         if closure is None:
-            raise ValueError(f"{owner}.step: needs a closure (forward only, returning the minibatch loss): QLAB "
-                             "evaluates the loss a second time at θ − βV")
+            raise ValueError(rule.needs_closure_message(owner))
         return self._atomic(closure, lambda params, loss, saved: self._step(closure, params, loss, saved))
 
-    def _step(self, closure, params, loss, saved):
+    def _step(self, closure, params, loss_t, saved):
         owner = type(self).__name__
         group = self.param_groups[0]
         gs = self.global_state
         t = gs["step"] + 1
         grads = self._grads(params)
-        gsq = _sq_norm(grads)
-        if not math.isfinite(gsq):
-            raise NonFiniteLossError(
-                f"{owner}: the gradient at the current parameters is not finite (‖∇L‖² = {gsq}) although the loss "
-                f"is {loss}; parameters unchanged")
+        gsq_t = _sq_norm(grads, self._groups(saved))
         dirs = self._direction(params, grads, t, group)
-        gdotv = _dot(grads, dirs)  # ∇L·V
+        gdotv_t = gsq_t if dirs is grads else _dot(grads, dirs, self._groups(saved))  # ∇L·V
+        beta = rule.qlab_probe_step(group["alpha0"], gs["prev_lr"])  # β = max(α0, α_{t−1})
+        # probe g(β) along V before anything is read (Eq. 8), then one read decides the step
+        loss, gsq, gdotv, probe = self._first_probe(closure, params, saved, beta, dirs, [loss_t, gsq_t, gdotv_t])
+        self._check_finite(loss, gsq, params)
         not_descent = not gdotv > 0
         if not_descent:  # V is not a descent direction (or ∇L·V is NaN): use the gradient this step
             dirs, gdotv = grads, gsq
-        a0 = loss  # Eq. (6)
-        a1 = -gdotv  # Eq. (7) along V: g'(0) = −∇L·V
-        beta = max(group["alpha0"], gs["prev_lr"] if gs["prev_lr"] is not None else group["alpha0"])
-        record = dict(step=t, loss=loss, grad_sq_norm=gsq, grad_dot_dir=gdotv, probe_loss=None, a0=a0, a1=a1, a2=None,
-                      alpha_star=None, lr=0.0, pre_lr=beta, fallback=False, evals=1, direction=group["direction"],
-                      not_descent=not_descent, probe_nonfinite=False, findplr_halvings=0, zero_grad=False,
-                      capped=False)
+        record = rule.qlab_record(t, loss, gsq, gdotv, beta, group["direction"], not_descent)  # Eqs. (6), (7)
         if gdotv == 0.0:  # ∇L = 0: nothing to do (the direction's state was still updated)
+            _restore(params, saved)  # (the probe made before the read is not counted, as in QLABGrad)
             gs["step"] = t
             record["zero_grad"] = True
             self._finish_step(record)
@@ -558,28 +750,18 @@ class QLAB(_QLABBase):
 
         def g_at(alpha):  # g(α) = L(θ − αV), one probe forward from the saved θ
             self._move(params, saved, alpha, dirs, "probe")
-            return self._probe(closure)
+            return self._probe_value(closure)
 
-        probe = g_at(beta)  # Eq. (8) at β = max(α0, α_{t−1})
-        record["evals"] += 1
-        if not math.isfinite(probe):
-            record["probe_nonfinite"] = True
-            probe, beta, halvings, n = _findplr_loops_from_overshoot(g_at, loss, beta, group["max_evals"], owner)
-            record["findplr_halvings"] = halvings
-            record["evals"] += n
+        if not_descent:  # the probe along V is discarded: g(β) along ∇L
+            probe = g_at(beta)
+        beta, probe = _after_probe(g_at, loss, beta, probe, group["max_evals"], owner, record)
 
-        a2 = (probe - a0 - a1 * beta) / beta**2  # Eq. (9)
-        alpha_star = -a1 / (2.0 * a2) if a2 != 0.0 else None  # Eq. (5)
-        lr = alpha_star
-        fallback = not (a2 > 0 and alpha_star is not None and math.isfinite(alpha_star))
-        if fallback:  # α* < 0 (a2 ≤ 0) → α_t = β
-            lr = beta
-        if group["max_lr"] is not None and lr > group["max_lr"]:
-            lr = group["max_lr"]
-            record["capped"] = True
+        a2, alpha_star = rule.qlab_fit(loss, gdotv, beta, probe)  # Eqs. (9), (5)
+        lr, fallback, capped = rule.choose_lr(alpha_star, a2, beta, group["max_lr"])  # α* < 0 → α_t = β
         self._move(params, saved, lr, dirs, "update")  # θ_t = θ_{t−1} − α_t V
         gs.update(step=t, prev_lr=lr)
-        record.update(probe_loss=probe, a2=a2, alpha_star=alpha_star, lr=lr, pre_lr=beta, fallback=fallback)
+        record.update(probe_loss=probe, a2=a2, alpha_star=alpha_star, lr=lr, pre_lr=beta, fallback=fallback,
+                      capped=capped)
         self._finish_step(record)
         return loss
 
@@ -603,15 +785,15 @@ def find_plr(closure, params, alpha0=DEFAULT_ALPHA0, max_evals=DEFAULT_MAX_EVALS
     ``max_evals`` probes or when ∇L = 0, ``NonFiniteLossError`` when g(0) or ∇L is not finite.
     """
     owner = "find_plr"
-    alpha0 = _check_positive("alpha0", alpha0, owner)
-    max_evals = _check_max_evals(max_evals, owner)
+    alpha0 = rule.check_positive("alpha0", alpha0, owner)
+    max_evals = rule.check_max_evals(max_evals, owner)
     shell = _FindPLRShell(params)
 
-    def body(ps, g0, saved):
+    def body(ps, g0_t, saved):
         grads = shell._grads(ps)
-        gsq = _sq_norm(grads)  # ‖∇L(θ)‖² over all parameters
-        if not math.isfinite(gsq):
-            raise NonFiniteLossError(f"find_plr: the gradient at θ is not finite (‖∇L‖² = {gsq}); parameters unchanged")
+        g0, gsq = _read([g0_t, _sq_norm(grads)])  # line 2: g(0), and ‖∇L(θ)‖² over all parameters
+        shell._check_finite(g0, gsq, ps, lambda gsq, loss: f"find_plr: the gradient at θ is not finite "
+                                                           f"(‖∇L‖² = {gsq}); parameters unchanged")
         if gsq == 0.0:
             raise FindPLRError(
                 f"find_plr: the gradient at θ is zero (g(0) = {g0!r}), so g(ᾱ) = g(0) for every ᾱ and there is no "
@@ -621,7 +803,7 @@ def find_plr(closure, params, alpha0=DEFAULT_ALPHA0, max_evals=DEFAULT_MAX_EVALS
 
         def g_at(alpha):
             _place(ps, saved, alpha, grads)
-            return shell._probe(closure)
+            return shell._probe_value(closure)
 
         try:
             result = _findplr_loops(g_at, g0, gsq, alpha0, max_evals, owner)

@@ -114,7 +114,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import backends
-from .optimizer import NonFiniteLossError, NonFiniteProbeError, Optimizer, check_beta
+from . import qlab_rule as rule
+from .optimizer import NonFiniteLossError, NonFiniteProbeError, Optimizer
 from .registry import register_optimizer
 
 __all__ = [
@@ -318,40 +319,9 @@ def _working_arrays(params, grads):
     return datas, grads, False
 
 
-def _check_positive(name, value, owner, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, (bool, np.bool_, str, bytes)):
-        raise ValueError(f"{owner}: {name} must be a positive number, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{owner}: {name} must be a positive number, got {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
-    return v
-
-
-def _check_max_evals(max_evals, owner):
-    if isinstance(max_evals, bool) or not isinstance(max_evals, (int, np.integer)) or max_evals < 1:
-        raise ValueError(f"{owner}: max_evals must be an integer >= 1, got {max_evals!r}")
-    return int(max_evals)
-
-
-def _parse_findplr(findplr, owner):
-    """'once' | 'never' | 'every:K' → (mode, K)."""
-    if isinstance(findplr, str):
-        s = findplr.strip().lower()
-        if s in ("once", "never"):
-            return s, None
-        if s.startswith("every:"):
-            try:
-                k = int(s[len("every:"):])
-            except ValueError:
-                k = 0
-            if k >= 1:
-                return "every", k
-    raise ValueError(f"{owner}: findplr must be 'once', 'never' or 'every:K' with an integer K >= 1, got {findplr!r}")
+_check_positive = rule.check_positive
+_check_max_evals = rule.check_max_evals
+_parse_findplr = rule.parse_findplr
 
 
 def _check_groups(opt):
@@ -415,11 +385,11 @@ def _findplr_loops(g_at, g0, gsq, alpha0, max_evals, owner):
     alpha = alpha0  # line 1: ᾱ = α0
     g_alpha = g(alpha, 0)  # line 3: g(ᾱ) = L(θ − ᾱ∇L)
     doublings = halvings = 0
-    while g_alpha - g0 + alpha * gsq < 0:  # line 4: a2 = g(ᾱ) − g(0) + ᾱ‖∇L‖² < 0
+    while rule.keeps_doubling(g_alpha, g0, alpha, gsq):  # line 4: a2 = g(ᾱ) − g(0) + ᾱ‖∇L‖² < 0
         alpha = 2.0 * alpha  # line 5
         doublings += 1
         g_alpha = g(alpha, 1)  # line 6
-    while g_alpha > g0:  # line 8: g(ᾱ) > g(0)
+    while rule.keeps_halving(g_alpha, g0):  # line 8: g(ᾱ) > g(0) (g_alpha is never NaN here: g() maps it to inf)
         alpha = 0.5 * alpha  # line 9
         halvings += 1
         g_alpha = g(alpha, 2)  # line 10
@@ -509,29 +479,17 @@ class QLABGrad(Optimizer):
 
     def __init__(self, params, pre_lr=None, alpha0=DEFAULT_ALPHA0, findplr="once", max_evals=DEFAULT_MAX_EVALS,
                  max_lr=None, max_lr_factor=None):
-        owner = "QLABGrad"
-        pre_lr = _check_positive("pre_lr", pre_lr, owner, allow_none=True)
-        alpha0 = _check_positive("alpha0", alpha0, owner)
-        mode, _ = _parse_findplr(findplr, owner)
-        if mode == "never" and pre_lr is None:
-            raise ValueError("QLABGrad: findplr='never' needs a pre-learning rate: pass pre_lr (0 < ᾱ < 2/M)")
-        max_evals = _check_max_evals(max_evals, owner)
-        max_lr = _check_positive("max_lr", max_lr, owner, allow_none=True)
-        max_lr_factor = _check_positive("max_lr_factor", max_lr_factor, owner, allow_none=True)
-        super().__init__(params, dict(pre_lr=pre_lr, alpha0=alpha0, findplr=findplr, max_evals=max_evals,
-                                      max_lr=max_lr, max_lr_factor=max_lr_factor))
+        options = rule.qlabgrad_options(pre_lr, alpha0, findplr, max_evals, max_lr, max_lr_factor)
+        pre_lr = options["pre_lr"]
+        super().__init__(params, options)
         _check_groups(self)
         self.global_state.update(step=0, pre_lr=pre_lr, findplr_due=pre_lr is None, findplr_runs=0, last_lr=None)
 
-    @property
-    def pre_lr(self):
-        """The current pre-learning rate ᾱ (None before FindPLR has run)."""
-        return self.global_state["pre_lr"]
+    pre_lr = rule.PRE_LR
 
     def step(self, closure=None):
         if closure is None:
-            raise ValueError("QLABGrad.step: needs a closure (forward only, returning the minibatch loss): "
-                             "Algorithm 1 evaluates the loss a second time at θ − ᾱ∇L")
+            raise ValueError(rule.needs_closure_message("QLABGrad"))
         group = self.param_groups[0]
         mode, every = _parse_findplr(group["findplr"], "QLABGrad")
         gs = self.global_state
@@ -543,17 +501,9 @@ class QLABGrad(Optimizer):
         targets, grads, flat = _working_arrays(params, self.grads())
         gsq = _sq_norm(grads)
         if not math.isfinite(gsq):
-            raise NonFiniteLossError(
-                f"QLABGrad: the gradient at the current parameters is not finite (‖∇L‖² = {gsq}) although the "
-                f"loss is {loss}; parameters unchanged")
-        a0 = loss  # Eq. (6): a0 = g(0) = L(θ_{t−1})
-        a1 = -gsq  # Eq. (7): a1 = g'(0) = −‖∇L(θ_{t−1})‖²
-        if mode == "every" and t > 1 and (t - 1) % every == 0:
-            gs["findplr_due"] = True
-        record = dict(step=t, loss=loss, grad_sq_norm=gsq, probe_loss=None, a0=a0, a1=a1, a2=None, alpha_star=None,
-                      lr=0.0, pre_lr=gs["pre_lr"], fallback=False, evals=1, findplr_ran=False, findplr_evals=0,
-                      findplr_doublings=0, findplr_halvings=0, probe_nonfinite=False, zero_grad=False, capped=False,
-                      flat_storage=flat)
+            raise NonFiniteLossError(rule.nonfinite_gradient_message("QLABGrad", gsq, loss))
+        gs["findplr_due"] = rule.findplr_is_due(gs["findplr_due"], mode, every, t)
+        record = rule.qlabgrad_record(t, loss, gsq, gs["pre_lr"], flat_storage=flat)  # a0, a1: Eqs. (6), (7)
 
         if gsq == 0.0:
             # ∇L = 0: g(α) = L for every α; no probe, no step, no division by zero.
@@ -571,47 +521,23 @@ class QLABGrad(Optimizer):
 
         try:
             if gs["findplr_due"]:
-                # Algorithm 2 on this θ and minibatch; its g(0), ∇L are the ones above.
-                start = group["alpha0"] if gs["pre_lr"] is None else gs["pre_lr"]
-                res = _findplr_loops(g_at, loss, gsq, start, group["max_evals"], "QLABGrad")
-                gs["pre_lr"] = res.pre_lr
+                gs["pre_lr"], probe = _findplr_in_step(g_at, loss, gsq, group["alpha0"], gs["pre_lr"],
+                                                       group["max_evals"], "QLABGrad", record)
                 gs["findplr_due"] = False
                 gs["findplr_runs"] += 1
-                probe = res.last_value  # = g(ᾱ) at the returned ᾱ, same θ, same minibatch (Eq. 8)
-                record.update(findplr_ran=True, findplr_evals=res.probes, findplr_doublings=res.doublings,
-                              findplr_halvings=res.halvings)
-                record["evals"] += res.probes
             else:
-                pre = gs["pre_lr"]
-                probe = g_at(pre)  # Eq. (8): g(ᾱ), the one extra forward of Algorithm 1
-                record["evals"] += 1
-                if not math.isfinite(probe):
-                    # Non-finite probe = overshoot (Lemma 3): Algorithm 2's second loop from ᾱ.
-                    record["probe_nonfinite"] = True
-                    probe, pre, halvings, n = _findplr_loops_from_overshoot(g_at, loss, pre, group["max_evals"],
-                                                                            "QLABGrad")
-                    gs["pre_lr"] = pre
-                    record["findplr_halvings"] = halvings
-                    record["evals"] += n
+                probe = g_at(gs["pre_lr"])  # Eq. (8): g(ᾱ), the one extra forward of Algorithm 1
+                gs["pre_lr"], probe = _after_probe(g_at, loss, gs["pre_lr"], probe, group["max_evals"], "QLABGrad",
+                                                   record)
         except BaseException:
             _restore(targets, saved)
             raise
 
         pre = gs["pre_lr"]  # ᾱ
-        a2 = (probe - a0 - a1 * pre) / pre**2  # Eq. (9)
-        denom = probe - loss + gsq * pre  # g(ᾱ) − L(θ_{t−1}) + ‖∇L‖²ᾱ  (= a2·ᾱ²)
-        alpha_star = gsq * pre**2 / (2.0 * denom) if denom != 0.0 else None  # Eq. (10)
-        lr = alpha_star  # Algorithm 1, line 4: α_t = α*
-        fallback = not (a2 > 0 and alpha_star is not None and math.isfinite(alpha_star))
-        if fallback:  # Algorithm 1, lines 5–7: α* < 0 (here: a2 ≤ 0, or α* overflowed) → α_t = ᾱ
-            lr = pre
-        if group["max_lr"] is not None and lr > group["max_lr"]:
-            lr = group["max_lr"]
-            record["capped"] = True
-        factor = group.get("max_lr_factor")
-        if factor is not None and lr > factor * pre:  # a remedy, not the paper's algorithm (docstring)
-            lr = factor * pre
-            record["capped"] = True
+        a2, alpha_star = rule.qlabgrad_fit(loss, gsq, pre, probe)  # Eqs. (9), (10)
+        # Algorithm 1, lines 4–7 (fallback α_t = ᾱ), then the optional caps (remedies, docstring)
+        lr, fallback, capped = rule.choose_lr(alpha_star, a2, pre, group["max_lr"], group.get("max_lr_factor"))
+        record["capped"] = capped
         _place(targets, saved, lr, grads)  # Algorithm 1, line 8: θ_t = θ_{t−1} − α_t∇L(θ_{t−1})
 
         gs["step"] = t
@@ -626,7 +552,7 @@ def _findplr_loops_from_overshoot(g_at, g0, alpha, max_evals, owner):
     probe known to be +inf). Returns ``(g(α), α, halvings, probes)``; raises FindPLRError on budget."""
     halvings = probes = 0
     value = math.inf
-    while not (math.isfinite(value) and value <= g0):  # line 8, non-finite counted as +inf
+    while rule.keeps_halving(value, g0):  # line 8, non-finite counted as +inf
         if probes >= max_evals:
             raise (FindPLRError if math.isfinite(value) else FindPLRNonFiniteError)(
                 f"{owner}: the probe loss was not finite and FindPLR's loop 2 (lines 8-11: halve ᾱ while g(ᾱ) > g(0)) "
@@ -645,8 +571,33 @@ def _findplr_loops_from_overshoot(g_at, g0, alpha, max_evals, owner):
     return value, alpha, halvings, probes
 
 
+def _findplr_in_step(g_at, loss, gsq, alpha0, pre, max_evals, owner, record):
+    """FindPLR inside a QLABGrad step (both engines): Algorithm 2 on this θ and minibatch from the
+    current ᾱ (``alpha0`` before the first run); its g(0), ∇L are the step's. Returns (ᾱ, g(ᾱ)): its
+    last probe is g(ᾱ) at the returned ᾱ, same θ, same minibatch (Eq. 8). Updates ``record``."""
+    start = alpha0 if pre is None else pre
+    res = _findplr_loops(g_at, loss, gsq, start, max_evals, owner)
+    record.update(findplr_ran=True, findplr_evals=res.probes, findplr_doublings=res.doublings,
+                  findplr_halvings=res.halvings)
+    record["evals"] += res.probes
+    return res.pre_lr, res.last_value
+
+
+def _after_probe(g_at, loss, pre, probe, max_evals, owner, record):
+    """After the step's probe g(ᾱ) (Eq. 8; QLAB: g(β)), counted in ``record``: a non-finite probe is an
+    overshoot (Lemma 3), so Algorithm 2's second loop halves ᾱ from there. Returns (ᾱ, g(ᾱ))."""
+    record["evals"] += 1
+    if math.isfinite(probe):
+        return pre, probe
+    record["probe_nonfinite"] = True
+    probe, pre, halvings, n = _findplr_loops_from_overshoot(g_at, loss, pre, max_evals, owner)
+    record["findplr_halvings"] = halvings
+    record["evals"] += n
+    return pre, probe
+
+
 # ------------------------------------------------------------------------- QLAB on a direction V
-_DIRECTIONS = ("sgd", "momentum", "adam")
+_DIRECTIONS = rule.DIRECTIONS
 
 
 @register_optimizer("qlab")
@@ -676,24 +627,7 @@ class QLAB(Optimizer):
                  max_evals=DEFAULT_MAX_EVALS, max_lr=None):
         owner = type(self).__name__
         direction = self.direction_default if direction is None else direction
-        if direction not in _DIRECTIONS:
-            raise ValueError(f"{owner}: direction must be one of {', '.join(_DIRECTIONS)}, got {direction!r}")
-        alpha0 = _check_positive("alpha0", alpha0, owner)
-        if not (isinstance(momentum, (int, float)) and 0.0 <= momentum < 1.0):
-            raise ValueError(f"{owner}: invalid momentum {momentum!r} (must be in [0, 1))")
-        try:
-            b1, b2 = betas
-        except (TypeError, ValueError):
-            raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}") from None
-        check_beta("betas[0]", b1, owner)
-        check_beta("betas[1]", b2, owner)
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
-            raise ValueError(f"{owner}: invalid eps {eps!r} (must be a finite number >= 0)")
-        max_evals = _check_max_evals(max_evals, owner)
-        max_lr = _check_positive("max_lr", max_lr, owner, allow_none=True)
-        super().__init__(params, dict(direction=direction, alpha0=alpha0, momentum=float(momentum),
-                                      betas=(float(b1), float(b2)), eps=float(eps), max_evals=max_evals,
-                                      max_lr=max_lr))
+        super().__init__(params, rule.qlab_options(direction, alpha0, momentum, betas, eps, max_evals, max_lr, owner))
         _check_groups(self)
         self.global_state.update(step=0, prev_lr=None)
 
@@ -738,8 +672,7 @@ class QLAB(Optimizer):
     def step(self, closure=None):
         owner = type(self).__name__
         if closure is None:
-            raise ValueError(f"{owner}.step: needs a closure (forward only, returning the minibatch loss): QLAB "
-                             "evaluates the loss a second time at θ − βV")
+            raise ValueError(rule.needs_closure_message(owner))
         group = self.param_groups[0]
         gs = self.global_state
         t = gs["step"] + 1
@@ -749,21 +682,14 @@ class QLAB(Optimizer):
         grads = self.grads()
         gsq = _sq_norm(grads)
         if not math.isfinite(gsq):
-            raise NonFiniteLossError(
-                f"{owner}: the gradient at the current parameters is not finite (‖∇L‖² = {gsq}) although the loss "
-                f"is {loss}; parameters unchanged")
+            raise NonFiniteLossError(rule.nonfinite_gradient_message(owner, gsq, loss))
         dirs, new_state = self._direction(params, grads, t, group)
         gdotv = _dot(grads, dirs)  # ∇L·V
         not_descent = not gdotv > 0
         if not_descent:  # V is not a descent direction (or ∇L·V is NaN): use the gradient this step
             dirs, gdotv = grads, gsq
-        a0 = loss  # Eq. (6)
-        a1 = -gdotv  # Eq. (7) along V: g'(0) = −∇L·V
-        beta = max(group["alpha0"], gs["prev_lr"] if gs["prev_lr"] is not None else group["alpha0"])
-        record = dict(step=t, loss=loss, grad_sq_norm=gsq, grad_dot_dir=gdotv, probe_loss=None, a0=a0, a1=a1, a2=None,
-                      alpha_star=None, lr=0.0, pre_lr=beta, fallback=False, evals=1, direction=group["direction"],
-                      not_descent=not_descent, probe_nonfinite=False, findplr_halvings=0, zero_grad=False,
-                      capped=False)
+        beta = rule.qlab_probe_step(group["alpha0"], gs["prev_lr"])  # β = max(α0, α_{t−1})
+        record = rule.qlab_record(t, loss, gsq, gdotv, beta, group["direction"], not_descent)  # Eqs. (6), (7)
         if gdotv == 0.0:  # ∇L = 0: nothing to do (the direction's state is still updated)
             record["zero_grad"] = True
             self._commit(t, new_state)
@@ -779,25 +705,14 @@ class QLAB(Optimizer):
 
         try:
             probe = g_at(beta)  # Eq. (8) at β = max(α0, α_{t−1})
-            record["evals"] += 1
-            if not math.isfinite(probe):
-                record["probe_nonfinite"] = True
-                probe, beta, halvings, n = _findplr_loops_from_overshoot(g_at, loss, beta, group["max_evals"], owner)
-                record["findplr_halvings"] = halvings
-                record["evals"] += n
+            beta, probe = _after_probe(g_at, loss, beta, probe, group["max_evals"], owner, record)
         except BaseException:
             _restore(targets, saved)
             raise
 
-        a2 = (probe - a0 - a1 * beta) / beta**2  # Eq. (9)
-        alpha_star = -a1 / (2.0 * a2) if a2 != 0.0 else None  # Eq. (5)
-        lr = alpha_star
-        fallback = not (a2 > 0 and alpha_star is not None and math.isfinite(alpha_star))
-        if fallback:  # α* < 0 (a2 ≤ 0) → α_t = β
-            lr = beta
-        if group["max_lr"] is not None and lr > group["max_lr"]:
-            lr = group["max_lr"]
-            record["capped"] = True
+        a2, alpha_star = rule.qlab_fit(loss, gdotv, beta, probe)  # Eqs. (9), (5)
+        lr, fallback, capped = rule.choose_lr(alpha_star, a2, beta, group["max_lr"])  # α* < 0 → α_t = β
+        record["capped"] = capped
         _place(targets, saved, lr, dirs)  # θ_t = θ_{t−1} − α_t V
         self._commit(t, new_state)
         gs["prev_lr"] = lr
