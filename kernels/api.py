@@ -158,9 +158,10 @@ def probe(theta, g, alpha, device="cpu", deterministic=False, out=None):
     """``(theta − alpha·g, Σ g²)`` in one pass over memory; Σ g² accumulated in float64.
 
     ``alpha`` is rounded to the arrays' dtype first (as NumPy does with ``theta - alpha * g``).
-    ``deterministic=True`` asks for the same bits on every call: on the CPU the probe always is; on
-    CUDA it selects the two-pass reduction instead of one atomic add per block. ``out`` (CPU only)
-    receives the new point in place (it may be ``theta``)."""
+    The probe is deterministic on both devices (the same bits on every call); ``deterministic`` is
+    accepted for callers of the earlier CUDA version, which also had an atomic-add variant. On CUDA,
+    θ − α·g equals NumPy's ``theta - alpha * g`` bit for bit (rounded multiply and subtract, no
+    fused multiply-add). ``out`` (CPU only) receives the new point in place (it may be ``theta``)."""
     owner = "kernels.probe"
     check_device(device, owner)
     check_float(owner, theta=theta, g=g)

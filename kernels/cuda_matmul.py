@@ -1,14 +1,34 @@
-"""CUDA matmul: a shared-memory tiled kernel (any M, N, K; float32 and float64; transposed operands
-read in place).
+"""CUDA matmul: a register-tiled shared-memory kernel (any M, N, K; float32 and float64; transposed
+operands read in place, no transposed copy).
 
-Each block computes one ``TILE × TILE`` tile of C. It walks the inner dimension in
-⌈K / TILE⌉ steps (never over ``gridDim``); at each step every thread loads one element of A's tile
-and one of B's tile into shared memory (zeros outside the matrices: every load is bounds-checked),
-the block synchronises, and each thread adds TILE products to its accumulator. ``syncthreads`` is
-only reached in uniform control flow (every thread runs every step), and only threads inside C
-store. ``ta``/``tb`` say that the array passed is the *transpose* of the operand (A is stored K×M,
-B is stored N×K): the backward pass's ``gᵀ·x`` and ``g·Wᵀ`` then read ``g`` and ``W`` as they are,
-with no transposed copy. Accumulation is in the operands' dtype, in k order.
+**Tiling.** A block of 16 × 16 = 256 threads computes a ``BM × BN`` tile of C, ``BM = 16·TM`` and
+``BN = 16·TN``: each thread owns a ``TM × TN`` micro-tile of outputs in registers (rows
+``ty + 16·i``, columns ``tx + 16·j``: neighbouring threads own neighbouring columns, so the
+shared-memory reads have no bank conflicts and the stores to C are coalesced). The block walks the
+inner dimension in steps of ``BK``: all 256 threads stage a ``BK × BM`` slice of A and a ``BK × BN``
+slice of B in shared memory (every global load bounds-checked, zeros outside the matrices, loads laid
+out so that neighbouring threads read neighbouring addresses for either storage order), synchronise,
+and then, for each of the ``BK`` steps, read TM values of A and TN of B into registers and do
+TM·TN multiply-adds. ``syncthreads`` is reached in uniform control flow only; only threads inside C
+store. Accumulation is in the operands' dtype (fused multiply-adds on a GPU: equal to NumPy to
+rounding, not bit for bit, since the summation order differs from BLAS anyway).
+
+Configurations (``CONFIGS``: name → (TM, TN, BK, prefetch)): ``"128x128"`` (8 × 8 per thread),
+``"128x128p"`` (the same with the next K step's global loads prefetched into registers: float64's
+large tile), ``"64x64"`` (4 × 4) and ``"32x32"`` (2 × 2). :func:`choose_config` takes the largest
+tile that still gives at least one block per multiprocessor, so small products (the MLP's
+64 × 784 · 784 × 1000) spread over the GPU instead of running on a handful of SMs.
+
+**Device-array entry points** (numba device arrays, nothing copied, nothing read back):
+
+- ``matmul_into(a, b, out=None, config=None)``: ``a @ b`` where ``a``/``b`` are 2-D device arrays,
+  C-contiguous or transposed views of C-contiguous arrays (``x.T``: F-contiguous), read in place;
+  ``out`` a preallocated C-contiguous (M, N) device array (allocated if None); returns ``out``.
+- ``matmul_device(a, b, m, n, dtype, ta=False, tb=False, out=None, config=None)``: the low-level
+  launch: ``a`` is A (M × K) or, with ``ta``, Aᵀ stored K × M; ``b`` is B (K × N) or, with ``tb``,
+  Bᵀ stored N × K; both C-contiguous.
+
+``matmul_cuda(a, b)`` is the host wrapper (NumPy in, NumPy out) behind ``kernels.matmul(device="cuda")``.
 """
 from __future__ import annotations
 
@@ -17,62 +37,281 @@ from numba import cuda, float32, float64
 
 from .launch import blocks
 
-__all__ = ["TILE", "make_matmul_kernel", "MATMUL_KERNELS", "PTX_KERNELS", "matmul_device", "matmul_cuda"]
+__all__ = ["THREADS", "CONFIGS", "LARGE", "TILE", "ORDERS", "make_matmul_kernel", "MATMUL_KERNELS", "PTX_KERNELS",
+           "choose_config", "matmul_into", "matmul_device", "matmul_cuda"]
 
-#: tile edge: a block is TILE × TILE threads and holds two TILE × TILE tiles in shared memory
-TILE = 16
+#: threads per block along x and y (the block is THREADS × THREADS)
+THREADS = 16
+_NT = THREADS * THREADS
+#: name → (TM, TN, BK, prefetch): per-thread micro-tile, K step, software pipelining; the block tile
+#: is 16·TM × 16·TN. "128x128p" is the float64 large tile: at 198-215 registers one block fits per
+#: multiprocessor, and the prefetch hides the global loads that a second block would otherwise cover.
+CONFIGS = {"128x128": (8, 8, 8, False), "128x128p": (8, 8, 8, True), "64x64": (4, 4, 16, False),
+           "32x32": (2, 2, 32, False)}
+#: the large tile per dtype (the first configuration choose_config tries)
+LARGE = {"float32": "128x128", "float64": "128x128p"}
+#: the largest block tile edge (kept under the old name: the tile of the first row of CONFIGS)
+TILE = THREADS * CONFIGS["128x128"][0]
+#: shared-memory row padding (elements): spreads the staging stores over the banks
+_PAD = 4
 
 
-def make_matmul_kernel(dtype):
-    """The plain Python kernel function for one dtype (a Numba type; shared arrays need it fixed)."""
+def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
+    """The plain Python kernel for one dtype (a Numba type), configuration (TM, TN, BK, prefetch) and
+    storage order of the operands (``ta``: A is passed stored K × M; ``tb``: B stored N × K). The
+    storage order is a compile-time constant: one kernel per case needs fewer registers than a runtime
+    branch (ptxas, sm_90, float32 128×128: 128 registers instead of 152; 32×32: 72-80 instead of 126),
+    so more blocks fit on a multiprocessor. ``prefetch``: the global loads of the next K step are
+    issued into registers before the current step's multiply-adds (software pipelining: their
+    latency hides behind the arithmetic, worth it where only one block fits per multiprocessor)."""
+    bm, bn = THREADS * tm, THREADS * tn
+    la, lb = bm * bk // _NT, bn * bk // _NT  # staging loads per thread and K step
+    assert la * _NT == bm * bk and lb * _NT == bn * bk, "tile sizes must be multiples of the block's threads"
+    sa_shape, sb_shape = (bk, bm + _PAD), (bk, bn + _PAD)  # constants: shared arrays need fixed shapes
+    lag = 1 if prefetch else 0  # steps between a tile's global load and its multiply-adds
+    load_phase = 1 if prefetch else 0  # load after (prefetch) or before storing the registers
 
-    def matmul_tiled(a, b, c, ta, tb):
-        sa = cuda.shared.array((TILE, TILE), dtype)
-        sb = cuda.shared.array((TILE, TILE), dtype)
+    def matmul_rt_plain(a, b, c):
+        sa = cuda.shared.array(sa_shape, dtype)
+        sb = cuda.shared.array(sb_shape, dtype)
+        acc = cuda.local.array((tm, tn), dtype)
+        ra = cuda.local.array(tm, dtype)
+        rb = cuda.local.array(tn, dtype)
+        zero = dtype(0)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        row = cuda.blockIdx.y * TILE + ty
-        col = cuda.blockIdx.x * TILE + tx
+        t = ty * THREADS + tx
         m = c.shape[0]
         n = c.shape[1]
         k = a.shape[0] if ta else a.shape[1]
-        acc = dtype(0)
-        for t in range((k + TILE - 1) // TILE):
-            kk = t * TILE + tx  # A's column for this thread's load
-            if row < m and kk < k:
-                sa[ty, tx] = a[kk, row] if ta else a[row, kk]
-            else:
-                sa[ty, tx] = 0
-            kk = t * TILE + ty  # B's row for this thread's load
-            if col < n and kk < k:
-                sb[ty, tx] = b[col, kk] if tb else b[kk, col]
-            else:
-                sb[ty, tx] = 0
+        m0 = cuda.blockIdx.y * bm
+        n0 = cuda.blockIdx.x * bn
+        for i in range(tm):
+            for j in range(tn):
+                acc[i, j] = zero
+        for k0 in range(0, k, bk):
+            for r in range(la):  # stage A[m0:m0+bm, k0:k0+bk] as sa[kk, mm]
+                e = t + r * _NT
+                if ta:  # stored K × M: neighbouring threads read neighbouring m
+                    kk = e // bm
+                    mm = e - kk * bm
+                    gk = k0 + kk
+                    gm = m0 + mm
+                    v = a[gk, gm] if gk < k and gm < m else zero
+                else:  # stored M × K: neighbouring threads read neighbouring k
+                    mm = e // bk
+                    kk = e - mm * bk
+                    gk = k0 + kk
+                    gm = m0 + mm
+                    v = a[gm, gk] if gk < k and gm < m else zero
+                sa[kk, mm] = v
+            for r in range(lb):  # stage B[k0:k0+bk, n0:n0+bn] as sb[kk, nn]
+                e = t + r * _NT
+                if tb:  # stored N × K
+                    nn = e // bk
+                    kk = e - nn * bk
+                    gk = k0 + kk
+                    gn = n0 + nn
+                    v = b[gn, gk] if gk < k and gn < n else zero
+                else:  # stored K × N
+                    kk = e // bn
+                    nn = e - kk * bn
+                    gk = k0 + kk
+                    gn = n0 + nn
+                    v = b[gk, gn] if gk < k and gn < n else zero
+                sb[kk, nn] = v
             cuda.syncthreads()
-            for j in range(TILE):
-                acc += sa[ty, j] * sb[j, tx]
+            for kk in range(bk):
+                for i in range(tm):
+                    ra[i] = sa[kk, ty + THREADS * i]
+                for j in range(tn):
+                    rb[j] = sb[kk, tx + THREADS * j]
+                for i in range(tm):
+                    for j in range(tn):
+                        acc[i, j] += ra[i] * rb[j]
             cuda.syncthreads()
-        if row < m and col < n:
-            c[row, col] = acc
+        for i in range(tm):
+            gm = m0 + ty + THREADS * i
+            if gm < m:
+                for j in range(tn):
+                    gn = n0 + tx + THREADS * j
+                    if gn < n:
+                        c[gm, gn] = acc[i, j]
 
-    return matmul_tiled
+    def matmul_rt(a, b, c):  # the pipelined variant
+        sa = cuda.shared.array(sa_shape, dtype)
+        sb = cuda.shared.array(sb_shape, dtype)
+        acc = cuda.local.array((tm, tn), dtype)
+        ra = cuda.local.array(tm, dtype)
+        rb = cuda.local.array(tn, dtype)
+        pa = cuda.local.array(la, dtype)  # this thread's staged elements of A and B
+        pb = cuda.local.array(lb, dtype)
+        zero = dtype(0)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        t = ty * THREADS + tx
+        m = c.shape[0]
+        n = c.shape[1]
+        k = a.shape[0] if ta else a.shape[1]
+        m0 = cuda.blockIdx.y * bm
+        n0 = cuda.blockIdx.x * bn
+        nk = (k + bk - 1) // bk
+        for i in range(tm):
+            for j in range(tn):
+                acc[i, j] = zero
+        for step in range(nk + lag):
+            for phase in range(2):
+                if phase == load_phase and step < nk:  # global → registers, K step `step`
+                    k0 = step * bk
+                    for r in range(la):  # A[m0:m0+bm, k0:k0+bk]
+                        e = t + r * _NT
+                        if ta:  # stored K × M: neighbouring threads read neighbouring m
+                            kk = e // bm
+                            gk = k0 + kk
+                            gm = m0 + e - kk * bm
+                            pa[r] = a[gk, gm] if gk < k and gm < m else zero
+                        else:  # stored M × K: neighbouring threads read neighbouring k
+                            mm = e // bk
+                            gk = k0 + e - mm * bk
+                            gm = m0 + mm
+                            pa[r] = a[gm, gk] if gk < k and gm < m else zero
+                    for r in range(lb):  # B[k0:k0+bk, n0:n0+bn]
+                        e = t + r * _NT
+                        if tb:  # stored N × K
+                            nn = e // bk
+                            gk = k0 + e - nn * bk
+                            gn = n0 + nn
+                            pb[r] = b[gn, gk] if gk < k and gn < n else zero
+                        else:  # stored K × N
+                            kk = e // bn
+                            gk = k0 + kk
+                            gn = n0 + e - kk * bn
+                            pb[r] = b[gk, gn] if gk < k and gn < n else zero
+                if phase == 0 and step >= lag:  # registers → shared memory (the step to multiply)
+                    for r in range(la):
+                        e = t + r * _NT
+                        if ta:
+                            kk = e // bm
+                            sa[kk, e - kk * bm] = pa[r]
+                        else:
+                            mm = e // bk
+                            sa[e - mm * bk, mm] = pa[r]
+                    for r in range(lb):
+                        e = t + r * _NT
+                        if tb:
+                            nn = e // bk
+                            sb[e - nn * bk, nn] = pb[r]
+                        else:
+                            kk = e // bn
+                            sb[kk, e - kk * bn] = pb[r]
+                    cuda.syncthreads()
+            if step >= lag:
+                for kk in range(bk):
+                    for i in range(tm):
+                        ra[i] = sa[kk, ty + THREADS * i]
+                    for j in range(tn):
+                        rb[j] = sb[kk, tx + THREADS * j]
+                    for i in range(tm):
+                        for j in range(tn):
+                            acc[i, j] += ra[i] * rb[j]
+                cuda.syncthreads()
+        for i in range(tm):
+            gm = m0 + ty + THREADS * i
+            if gm < m:
+                for j in range(tn):
+                    gn = n0 + tx + THREADS * j
+                    if gn < n:
+                        c[gm, gn] = acc[i, j]
+
+    if not prefetch:  # the straight loop: fewer registers (float32 128×128: 128 instead of 145)
+        matmul_rt_plain.__name__ = "matmul_rt"
+        return matmul_rt_plain
+    return matmul_rt
 
 
-#: the plain Python kernel functions (what ``cuda.compile_ptx`` takes), by dtype name
-PY_KERNELS = {"float32": make_matmul_kernel(float32), "float64": make_matmul_kernel(float64)}
-#: the launchable kernels
-MATMUL_KERNELS = {name: cuda.jit(fn) for name, fn in PY_KERNELS.items()}
+#: the storage orders (ta, tb) of the operands
+ORDERS = ((False, False), (True, False), (False, True), (True, True))
+#: the plain Python kernels (what ``cuda.compile_ptx`` takes), keyed (dtype name, config, ta, tb)
+PY_KERNELS = {(str(t), cfg, ta, tb): make_matmul_kernel(t, *CONFIGS[cfg][:3], ta, tb, CONFIGS[cfg][3])
+              for t in (float32, float64) for cfg in CONFIGS for ta, tb in ORDERS}
+#: the launchable kernels, same keys (compiled on first launch)
+MATMUL_KERNELS = {key: cuda.jit(fn) for key, fn in PY_KERNELS.items()}
 
 
 def _ptx_signatures():
-    from numba import boolean
-
-    for name, t in (("float32", float32), ("float64", float64)):
-        yield f"matmul_tiled[{name}]", PY_KERNELS[name], (t[:, :], t[:, :], t[:, :], boolean, boolean)
+    for (name, cfg, ta, tb), fn in PY_KERNELS.items():
+        t = float32 if name == "float32" else float64
+        arr = t[:, ::1]
+        tag = ("A" if not ta else "At") + ("B" if not tb else "Bt")
+        yield f"matmul_rt[{name},{cfg},{tag}]", fn, (arr, arr, arr)
 
 
 #: (name, python function, signature) of every kernel in this module, for the compile_ptx tests
 PTX_KERNELS = list(_ptx_signatures())
+
+_SMS = {"n": None}
+
+
+def _sm_count():
+    """Multiprocessors of the current GPU (132 on an H200; the simulator has none: 132 is assumed,
+    so that it picks the same configurations as an H200)."""
+    if _SMS["n"] is None:
+        try:
+            _SMS["n"] = int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+        except Exception:  # noqa: BLE001 - the simulator's fake device has no attributes
+            _SMS["n"] = 132
+    return _SMS["n"]
+
+
+def choose_config(m, n, dtype=np.float32):
+    """The largest block tile (``LARGE[dtype]``, then ``"64x64"``) that gives at least one block per
+    multiprocessor, else ``"32x32"``."""
+    sms = _sm_count()
+    for cfg in (LARGE[np.dtype(dtype).name], "64x64"):
+        tm, tn = CONFIGS[cfg][:2]
+        if blocks(m, THREADS * tm) * blocks(n, THREADS * tn) >= sms:
+            return cfg
+    return "32x32"
+
+
+def matmul_device(a, b, m, n, dtype, ta=False, tb=False, out=None, config=None):
+    """C = op(A)·op(B) on device arrays (``a``/``b`` C-contiguous, already stored as the kernel
+    reads them: ``ta``/``tb`` say they hold Aᵀ (K × M) / Bᵀ (N × K)). Returns ``out`` (allocated if
+    None; it must be a C-contiguous (m, n) device array of ``dtype``)."""
+    c = cuda.device_array((m, n), dtype=dtype) if out is None else out
+    cfg = choose_config(m, n, dtype) if config is None else config
+    tm, tn = CONFIGS[cfg][:2]
+    grid = (blocks(n, THREADS * tn), blocks(m, THREADS * tm))
+    MATMUL_KERNELS[np.dtype(dtype).name, cfg, bool(ta), bool(tb)][grid, (THREADS, THREADS)](a, b, c)
+    return c
+
+
+def _dev_operand(x, name):
+    """(C-contiguous device array, transposed?) for a 2-D device array or its ``.T`` view."""
+    if x.ndim != 2:
+        raise ValueError(f"cuda_matmul.matmul_into: {name} must be 2-D, got shape {tuple(x.shape)}")
+    if x.is_c_contiguous():
+        return x, False
+    if x.is_f_contiguous():
+        return x.T, True
+    raise ValueError(f"cuda_matmul.matmul_into: {name} must be C-contiguous or a transposed view of a "
+                     f"C-contiguous array (strides {x.strides})")
+
+
+def matmul_into(a, b, out=None, config=None):
+    """``a @ b`` on 2-D device arrays (C-contiguous or ``.T`` views, read in place) into ``out``."""
+    sa, ta = _dev_operand(a, "a")
+    sb, tb = _dev_operand(b, "b")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"cuda_matmul.matmul_into: shapes {tuple(a.shape)} and {tuple(b.shape)} are not aligned")
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"cuda_matmul.matmul_into: operands must be both float32 or both float64, got "
+                        f"{a.dtype} and {b.dtype}")
+    m, n = a.shape[0], b.shape[1]
+    if out is not None and (tuple(out.shape) != (m, n) or out.dtype != a.dtype or not out.is_c_contiguous()):
+        raise ValueError(f"cuda_matmul.matmul_into: out must be a C-contiguous {a.dtype} device array of shape "
+                         f"{(m, n)}, got {out.dtype} {tuple(out.shape)}")
+    return matmul_device(sa, sb, m, n, a.dtype, ta, tb, out=out, config=config)
 
 
 def _operand(x):
@@ -84,18 +323,10 @@ def _operand(x):
     return np.ascontiguousarray(x), False
 
 
-def matmul_device(a, b, m, n, dtype, ta=False, tb=False, out=None):
-    """C = op(A)·op(B) on device arrays (``a``/``b`` already stored as the kernel reads them)."""
-    c = cuda.device_array((m, n), dtype=dtype) if out is None else out
-    grid = (blocks(n, TILE), blocks(m, TILE))
-    MATMUL_KERNELS[np.dtype(dtype).name][grid, (TILE, TILE)](a, b, c, ta, tb)
-    return c
-
-
-def matmul_cuda(a, b):
-    """Host wrapper: NumPy (M, K) · (K, N) → NumPy (M, N), through the tiled kernel."""
+def matmul_cuda(a, b, config=None):
+    """Host wrapper: NumPy (M, K) · (K, N) → NumPy (M, N), through the register-tiled kernel."""
     sa, ta = _operand(a)
     sb, tb = _operand(b)
     m, n = a.shape[0], b.shape[1]
-    c = matmul_device(cuda.to_device(sa), cuda.to_device(sb), m, n, a.dtype, ta, tb)
+    c = matmul_device(cuda.to_device(sa), cuda.to_device(sb), m, n, a.dtype, ta, tb, config=config)
     return c.copy_to_host()

@@ -18,6 +18,7 @@ __all__ = [
     "CUDA_EXTRA_HINT",
     "CudaUnavailableError",
     "cuda_status",
+    "numpy_compat_problem",
     "require_cuda",
     "cuda_module",
     "check_device",
@@ -34,6 +35,30 @@ class CudaUnavailableError(RuntimeError):
     """``device="cuda"`` was asked for but cannot run here (package missing or no GPU)."""
 
 
+#: the newest numba-cuda release known to register ``np.row_stack``, which NumPy 2.5 removed
+NUMBA_CUDA_ROW_STACK_LAST = (0, 30, 4)
+
+
+def numpy_compat_problem():
+    """Why numba-cuda cannot compile kernels with this NumPy, or None. numba-cuda <= 0.30.4 registers
+    an overload of ``np.row_stack`` at its first kernel compile; NumPy 2.5 removed that function, so
+    every compile fails with ``AttributeError: module 'numpy' has no attribute 'row_stack'``
+    (NVIDIA/numba-cuda#907; the simulator, which compiles nothing, is not affected)."""
+    if hasattr(np, "row_stack"):
+        return None
+    try:
+        from importlib.metadata import version
+
+        v = tuple(int(p) for p in version("numba-cuda").split(".")[:3] if p.isdigit())
+    except Exception:  # noqa: BLE001 - unknown version: assume affected
+        v = NUMBA_CUDA_ROW_STACK_LAST
+    if v > NUMBA_CUDA_ROW_STACK_LAST:
+        return None
+    return (f"numba-cuda {'.'.join(map(str, v))} cannot compile kernels with NumPy {np.__version__} "
+            f"(it registers np.row_stack, which NumPy 2.5 removed; NVIDIA/numba-cuda#907): "
+            f"pip install 'numpy<2.5' (what {CUDA_EXTRA_HINT} installs)")
+
+
 def cuda_status():
     """``(ok, reason)``: whether CUDA kernels can launch here (a GPU or the simulator), and why not."""
     if importlib.util.find_spec("numba_cuda") is None:
@@ -44,6 +69,9 @@ def cuda_status():
 
     if config.ENABLE_CUDASIM:  # read by Numba from NUMBA_ENABLE_CUDASIM when it was imported
         return True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
+    problem = numpy_compat_problem()
+    if problem is not None:
+        return False, problem
     try:
         available = cuda.is_available()
     except Exception as e:  # noqa: BLE001 - a broken driver is reported, not raised

@@ -72,7 +72,7 @@ QLAB_SGD_TARGET = 1.35
 PROBE_SPEEDUP_TARGET = 2.0
 PROBE_COPY_TARGET = 0.8
 #: the parts ``qlabref bench`` can measure (``--parts``)
-PARTS = ("steps", "probe", "qlab", "tiny", "torch-optim")  # tiny: a 2-D optimizer step (bench_tiny.py)
+PARTS = ("steps", "probe", "qlab", "tiny", "torch-optim", "gpu")  # tiny: a 2-D optimizer step (bench_tiny.py)
 
 #: The variables that fix the BLAS/OpenMP thread count of a fresh process.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -397,7 +397,8 @@ def measure(models, *, threads=1, batch=None, repeats=None, warmup=None, use_tor
 
         run["torch_optim"] = bench_torch_optim.measure(torch, models, batch=batch, repeats=repeats, warmup=warmup,
                                                        seed=seed, log=log)
-    run["gpu"] = measure_gpu(torch, log=log)
+    if "gpu" in parts:
+        run["gpu"] = measure_gpu(torch, log=log)
     run["loadavg_end"] = _loadavg()
     return run
 
@@ -546,65 +547,14 @@ def measure_qlab(name, *, batch=None, repeats=None, warmup=None, seed=0, log=Non
             "verdict": "meets target" if max(ratios.values()) <= QLAB_SGD_TARGET else "misses target"}
 
 
-def measure_gpu(torch=None, log=None, size=1024, n=1 << 22, repeats=20):
-    """With a CUDA GPU (not the simulator): the tiled matmul kernel and the probe on device arrays
-    against PyTorch CUDA (or CuPy) on the same sizes. Otherwise ``{"available": False, "reason": ...}``."""
-    from .kernels import launch
+def measure_gpu(torch=None, log=None, quick=False):
+    """``--parts gpu``: with a CUDA GPU (not the simulator), the kernels on device arrays against
+    PyTorch CUDA (:func:`qlabref.bench_gpu.measure_kernels`: launch overhead, matmul vs cuBLAS, probe
+    vs a device copy). Otherwise ``{"available": False, "reason": ...}``. ``torch`` is unused (the
+    GPU part imports it itself) and kept for callers of the earlier version."""
+    from . import bench_gpu
 
-    ok, reason = launch.cuda_status()
-    if not ok or "simulator" in reason:
-        return {"available": False, "reason": reason if not ok else "the CUDA simulator is not a GPU"}
-    from numba import cuda
-
-    from .kernels import cuda_matmul, cuda_probe
-
-    rng = np.random.default_rng(0)
-    a = cuda.to_device(rng.standard_normal((size, size)).astype(np.float32))
-    b = cuda.to_device(rng.standard_normal((size, size)).astype(np.float32))
-    th = cuda.to_device(rng.standard_normal(n).astype(np.float32))
-    gg = cuda.to_device(rng.standard_normal(n).astype(np.float32))
-    out = cuda.device_array_like(th)
-
-    def timed(fn, sync):
-        fn()
-        sync()
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            sync()
-            ts.append(time.perf_counter() - t)
-        return summarize(ts)
-
-    res = {"available": True, "device": reason, "matmul_size": size, "probe_n": n,
-           "ours": {"matmul": timed(lambda: cuda_matmul.matmul_device(a, b, size, size, np.float32), cuda.synchronize),
-                    "probe": timed(lambda: cuda_probe.probe_device(th, gg, 0.01, out), cuda.synchronize)}}
-    other = None
-    if torch is not None and torch.cuda.is_available():
-        ta, tb = torch.as_tensor(a.copy_to_host(), device="cuda"), torch.as_tensor(b.copy_to_host(), device="cuda")
-        tt, tg = torch.as_tensor(th.copy_to_host(), device="cuda"), torch.as_tensor(gg.copy_to_host(), device="cuda")
-        other = ("torch", {"matmul": timed(lambda: ta @ tb, torch.cuda.synchronize),
-                           "probe": timed(lambda: (tt - 0.01 * tg, (tg.double() ** 2).sum()), torch.cuda.synchronize)})
-    else:
-        try:
-            import cupy
-        except ImportError:
-            cupy = None
-        if cupy is not None:
-            ca, cb = cupy.asarray(a.copy_to_host()), cupy.asarray(b.copy_to_host())
-            ct, cg = cupy.asarray(th.copy_to_host()), cupy.asarray(gg.copy_to_host())
-            sync = cupy.cuda.Device().synchronize
-            other = ("cupy", {"matmul": timed(lambda: ca @ cb, sync),
-                              "probe": timed(lambda: (ct - 0.01 * cg, (cg.astype(cupy.float64) ** 2).sum()), sync)})
-    if other is not None:
-        res["baseline"], res["theirs"] = other
-        res["ratios"] = {k: res["ours"][k]["median"] / res["theirs"][k]["median"] for k in ("matmul", "probe")}
-    else:
-        res["baseline"] = None
-        res["reason_no_baseline"] = "neither torch with CUDA nor cupy is installed"
-    if log is not None:
-        log(f"  GPU kernels timed on {reason}")
-    return res
+    return bench_gpu.measure_kernels(log=log, quick=quick)
 
 
 # ------------------------------------------------------------------------------------- child process
@@ -735,15 +685,10 @@ def format_extras(runs):
         lines += bench_torch_optim.format_lines(run.get("torch_optim"), f" ({tag})")
         gpu = run.get("gpu")
         if gpu is not None:
-            if not gpu["available"]:
-                lines.append(f"GPU kernels ({tag}): not timed: {gpu['reason']}")
-            elif gpu.get("baseline"):
-                lines.append(f"GPU kernels on {gpu['device']}: matmul {gpu['ratios']['matmul']:.2f}×, probe "
-                             f"{gpu['ratios']['probe']:.2f}× the time of {gpu['baseline']}")
-            else:
-                o = gpu["ours"]
-                lines.append(f"GPU kernels on {gpu['device']}: matmul {_fmt_ms(o['matmul'])} ms, probe "
-                             f"{_fmt_ms(o['probe'])} ms ({gpu['reason_no_baseline']})")
+            from . import bench_gpu
+
+            lines += [line[2:] if line.startswith("- ") else line
+                      for line in bench_gpu.format_kernels(gpu) if line and not line.startswith("|")]
     return lines
 
 

@@ -153,7 +153,7 @@ def test_command_when_torch_cannot_be_imported(tmp_path, monkeypatch, capsys):
 
 def test_probe_and_qlab_parts_are_recorded(tmp_path, capsys):
     out = tmp_path / "b"
-    code = cli.main(["bench", "--parts", "probe,qlab", "--models", "mlp", "--repeats", "1", "--warmup", "0",
+    code = cli.main(["bench", "--parts", "probe,qlab,gpu", "--models", "mlp", "--repeats", "1", "--warmup", "0",
                      "--batch", "2", "--no-torch", "--out", str(out)])
     assert code == 0
     text = capsys.readouterr().out

@@ -24,8 +24,10 @@ DESCRIPTION = (
     "the ratio qlabref/PyTorch and the target verdict (MLP <= 0.85x, paper CNN <= 2.0x PyTorch). Also the fused "
     "line-search probe kernel against NumPy's two passes and a copy of the same bytes (--parts probe), and one "
     "QLABGrad step against one SGD step on mlp/cnn (--parts qlab; target <= 1.35x), and, with a CUDA GPU, the "
-    "CUDA kernels against PyTorch or CuPy. --parts torch-optim: a qlabref.torch.QLABGrad step against torch's SGD step "
-    "and a lean QLAB step on CPU and, where available, CUDA (qlabref.bench_torch_optim). Without torch installed, times qlabref and the NumPy baseline only. "
+    "CUDA kernels on device arrays (--parts gpu: launch overhead, matmul vs cuBLAS with TF32 off, probe vs a "
+    "device copy). --parts torch-optim: a qlabref.torch.QLABGrad step against torch's SGD step "
+    "and a lean QLAB step on CPU and, where available, CUDA (qlabref.bench_torch_optim). --parts tiny: a 2-D "
+    "optimizer step. Without torch installed, times qlabref and the NumPy baseline only. "
     "Writes bench.json and bench.md to --out."
 )
 

@@ -1,12 +1,19 @@
-"""The CUDA kernels without a GPU: two separate pytest runs (``.ci/run`` makes both).
+"""The CUDA kernels and backend, on whatever CUDA device there is: Numba's simulator or a real GPU.
 
-- ``test_sim_*.py`` run the kernels in Numba's CUDA simulator, which must be switched on *before*
-  Numba is imported: ``NUMBA_ENABLE_CUDASIM=1 pytest tests/gpu``. Without it they are skipped
-  with that reason (so ``pytest tests`` lists them as skipped, never silently absent).
+- Every test file here except ``test_ptx.py`` runs its kernels on a *CUDA device*: Numba's CUDA
+  simulator (``NUMBA_ENABLE_CUDASIM=1``, set before Numba is imported; how CI runs them, small sizes)
+  or, with the simulator off, a real GPU when ``numba.cuda.is_available()``. The same assertions hold
+  on both: nothing here asserts a property only the simulator has (the probe's θ − α·g equals NumPy
+  bit for bit on a GPU too: its kernels use explicitly rounded libdevice operations, no FMA).
+  Without either they are skipped with that reason (``pytest tests`` lists them as skipped, never
+  silently absent).
 - ``test_ptx.py`` compiles every kernel for real GPU targets with ``cuda.compile_ptx``, which needs
-  the simulator *off*: ``pytest tests/gpu/test_ptx.py``.
+  the simulator *off* (no GPU needed): ``pytest tests/gpu/test_ptx.py``.
 
-Both need numba-cuda (``pip install 'qlabref[cuda]'``): without it they skip, or fail when
+So CI runs ``NUMBA_ENABLE_CUDASIM=1 pytest tests/gpu`` and ``pytest tests/gpu/test_ptx.py``; on a
+machine with a GPU, ``pytest tests/gpu`` runs everything on the GPU.
+
+All need numba-cuda (``pip install 'qlabref[cuda]'``): without it they skip, or fail when
 ``QLABREF_REQUIRE_CUDA=1`` (set by ``.ci/run``, where the extra is installed).
 """
 from __future__ import annotations
@@ -17,11 +24,39 @@ import os
 import pytest
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-SIM_REASON = ("needs Numba's CUDA simulator, switched on before Numba is imported: run "
-              "`NUMBA_ENABLE_CUDASIM=1 pytest tests/gpu` (.ci/run does)")
+HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+NO_DEVICE_REASON = ("needs a CUDA device: Numba's CUDA simulator, switched on before Numba is imported "
+                    "(`NUMBA_ENABLE_CUDASIM=1 pytest tests/gpu`, as .ci/run does), or a CUDA GPU")
 PTX_REASON = ("cuda.compile_ptx needs the CUDA simulator off (NUMBA_ENABLE_CUDASIM is set): run "
               "`pytest tests/gpu/test_ptx.py` without it (.ci/run does)")
 MISSING = "numba-cuda is not installed: pip install 'qlabref[cuda]'"
+
+_GPU = {"checked": False, "present": False}
+
+
+def gpu_present():
+    """A real CUDA GPU is usable (simulator off, numba-cuda installed, driver and device found)."""
+    if not _GPU["checked"]:
+        _GPU["checked"] = True
+        if not SIM and HAVE_NUMBA_CUDA:
+            try:
+                from numba import cuda
+
+                _GPU["present"] = bool(cuda.is_available())
+            except Exception:  # noqa: BLE001 - a broken driver means no GPU here
+                _GPU["present"] = False
+    return _GPU["present"]
+
+
+def on_device():
+    """Where the device tests run: "simulator", "gpu" or None."""
+    return "simulator" if SIM else ("gpu" if gpu_present() else None)
+
+
+def pytest_report_header(config):
+    if HAVE_NUMBA_CUDA:
+        return f"qlabref CUDA tests: device = {on_device() or 'none (device tests skipped)'}"
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,18 +64,25 @@ def pytest_collection_modifyitems(config, items):
         if "tests/gpu/" not in str(item.fspath).replace(os.sep, "/"):
             continue
         name = item.fspath.basename
-        if name.startswith("test_sim_") and not SIM:
-            item.add_marker(pytest.mark.skip(reason=SIM_REASON))
-        elif name == "test_ptx.py" and SIM:
-            item.add_marker(pytest.mark.skip(reason=PTX_REASON))
+        if name == "test_ptx.py":
+            if SIM:
+                item.add_marker(pytest.mark.skip(reason=PTX_REASON))
+        elif HAVE_NUMBA_CUDA and on_device() is None:
+            item.add_marker(pytest.mark.skip(reason=NO_DEVICE_REASON))
 
 
 @pytest.fixture(autouse=True)
 def _numba_cuda_installed():
-    if importlib.util.find_spec("numba_cuda") is None:
+    if not HAVE_NUMBA_CUDA:
         if os.environ.get("QLABREF_REQUIRE_CUDA") == "1":
             pytest.fail(f"QLABREF_REQUIRE_CUDA=1 but {MISSING}")
         pytest.skip(MISSING)
+
+
+@pytest.fixture
+def device():
+    """"simulator" or "gpu": where the kernels of this test run (sizes may depend on it)."""
+    return on_device()
 
 
 @pytest.fixture
