@@ -33,6 +33,13 @@ __all__ = [
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: set by ``qlabref.device`` once an array has gone to the GPU; until then ``apply`` never looks
+_device_active = False
+
+
+def _on_device(x) -> bool:
+    """A ``qlabref.device.DeviceArray`` (GPU-resident data), tested without importing the module."""
+    return getattr(type(x), "__qlabref_device__", False)
 
 
 class _Flags(threading.local):
@@ -151,6 +158,10 @@ class Function:
         ref = next((x for x in inputs if isinstance(x, Tensor)), None)
         dtype = ref.data.dtype if ref is not None and ref.data.dtype in _FLOAT_DTYPES else None
         tensors = [x if isinstance(x, Tensor) else as_tensor(x, dtype=dtype) for x in inputs]
+        if _device_active and any(_on_device(t.data) for t in tensors):
+            from .device import twin
+
+            cls = twin(cls)  # the device version where the op's NumPy code cannot run on the GPU
         ctx = Context()
         out = cls.forward(ctx, *[t.data for t in tensors], **kwargs)
         needs = is_grad_enabled() and any(t.requires_grad for t in tensors)
@@ -193,7 +204,9 @@ def _topological_order(root):
 def _accumulate_leaf(leaf, grad):
     if grad.dtype != leaf.data.dtype:
         grad = grad.astype(leaf.data.dtype)
-    if leaf.grad is None:
+    if leaf.grad is None and _on_device(grad):
+        leaf.grad = grad.copy()  # device to device
+    elif leaf.grad is None:
         leaf.grad = np.array(grad, dtype=leaf.data.dtype, copy=True)
     else:
         # In place, so that a .grad which is a view into a flat buffer keeps being that view.
@@ -215,7 +228,13 @@ def backward(root, grad=None, retain_graph=False):
             )
         grad = np.ones_like(root.data)
     else:
-        grad = np.asarray(grad.data if hasattr(grad, "data") and not isinstance(grad, np.ndarray) else grad)
+        grad = grad.data if hasattr(grad, "data") and not isinstance(grad, np.ndarray) else grad
+        if _on_device(root.data):
+            from .device import to_device
+
+            grad = to_device(grad)
+        else:
+            grad = np.asarray(grad)
         if grad.shape != root.shape:
             raise ValueError(f"backward: grad has shape {grad.shape}, the tensor has shape {root.shape}")
         grad = grad.astype(root.data.dtype, copy=False)
@@ -246,7 +265,7 @@ def backward(root, grad=None, retain_graph=False):
         for parent, pg in zip(parents, in_grads):
             if pg is None or not parent.requires_grad:
                 continue
-            pg = unbroadcast(np.asarray(pg), parent.shape)
+            pg = unbroadcast(pg if _on_device(pg) else np.asarray(pg), parent.shape)
             if pg.shape != parent.shape:  # an engine invariant, not a user error
                 raise AssertionError(
                     f"{fn.name}.backward: gradient of shape {pg.shape} for an input of shape {parent.shape}"

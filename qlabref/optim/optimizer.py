@@ -316,9 +316,16 @@ class Optimizer:
         One BLAS dot product g·g per gradient, the fastest full pass NumPy offers (a NaN/inf entry makes
         it non-finite; an overflow of finite entries is told apart by an exact ``isfinite`` check)."""
         owner = type(self).__name__
+        on_gpu = None  # Σ g² of the GPU-resident gradients, summed on the device: one scalar back
         for i, p in enumerate(self.params()):
             g = p.grad
             if g is None:
+                continue
+            if getattr(type(g), "__qlabref_device__", False) and g.shape == p.data.shape:
+                from ..device import BACKEND
+
+                s = BACKEND.sq_norm(g)
+                on_gpu = s if on_gpu is None else on_gpu + s
                 continue
             if not isinstance(g, np.ndarray) or g.shape != p.data.shape:
                 raise ValueError(f"{owner}: the .grad of parameter {i} is "
@@ -331,6 +338,10 @@ class Optimizer:
                 raise NonFiniteLossError(
                     f"{owner}: the gradient of parameter {i} (shape {p.data.shape}) has {bad} NaN/inf "
                     f"entr{'y' if bad == 1 else 'ies'}{at}; parameters and optimizer state unchanged")
+        if on_gpu is not None and not math.isfinite(float(on_gpu)):
+            at = "" if loss is None else f" although the loss is {loss!r}"
+            raise NonFiniteLossError(f"{owner}: a gradient on the GPU has NaN/inf entries{at}; parameters and "
+                                     "optimizer state unchanged")
 
     # ------------------------------------------------------------------ closure evaluation
     def _check_loss(self, loss, where):

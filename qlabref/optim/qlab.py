@@ -202,8 +202,8 @@ def _sq_norm(arrays) -> float:
             a64 = np.asarray(a, dtype=np.float64).ravel()
             total += float(np.dot(a64, a64))
         elif v.size:
-            total += be.sq_norm(v)
-    return total
+            total += be.sq_norm(v)  # on GPU-resident arrays: a device scalar, summed on the device
+    return float(total)  # one scalar back per step
 
 
 def _dot(xs, ys) -> float:
