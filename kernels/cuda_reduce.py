@@ -44,13 +44,13 @@ _CACHE = {}
 
 
 def reduce_kernel(kind, ACC, OUT):
-    """``kind``: "sum" (Σ · scale, ``scale`` = 1 or 1/count for a mean) or "max"."""
+    """``kind``: "sum" (Σ / divisor: 1 for a sum, the count for a mean, as NumPy's mean divides) or "max"."""
     key = (kind, ACC, OUT)
     if key in _CACHE:
         return _CACHE[key]
     is_max = kind == "max"
 
-    def reduce_(out, a, k_shape, r_shape, strides, nrows, m, scale):
+    def reduce_(out, a, k_shape, r_shape, strides, nrows, m, divisor):
         sh = cuda.shared.array(TPB, ACC)
         tid = cuda.threadIdx.x
         row = cuda.blockIdx.x
@@ -96,7 +96,7 @@ def reduce_kernel(kind, ACC, OUT):
                 if is_max:
                     out[row] = OUT(sh[0])
                 else:
-                    out[row] = OUT(sh[0] * scale)
+                    out[row] = OUT(sh[0] / divisor)
             cuda.syncthreads()
             row += cuda.gridDim.x
 
