@@ -32,9 +32,9 @@ __all__ = ["TPB", "MAX_BLOCKS", "SIM", "blocks_for", "zip_kernel", "map_kernel",
 
 SIM = bool(config.ENABLE_CUDASIM)
 #: threads per block (small in the simulator, where every thread is a Python thread)
-TPB = 32 if SIM else 256
+TPB = 8 if SIM else 256
 #: grid cap; larger arrays are covered by the grid-stride loop
-MAX_BLOCKS = 64 if SIM else 8192
+MAX_BLOCKS = 16 if SIM else 8192
 
 
 def blocks_for(n):

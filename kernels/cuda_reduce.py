@@ -24,7 +24,7 @@ from numba import cuda, float64, int64
 
 from .cuda_elementwise import MAX_BLOCKS, SIM, TPB
 
-__all__ = ["reduce_kernel", "sq_norm_partials", "sum_partials", "place_kernel", "place_save_kernel", "ce_forward_kernel",
+__all__ = ["reduce_kernel", "reduce_rows_kernel", "SHORT_ROW", "sq_norm_partials", "sum_partials", "place_kernel", "place_save_kernel", "ce_forward_kernel",
            "ce_backward_kernel", "avg_pool_forward_kernel", "avg_pool_backward_kernel", "max_pool_forward_kernel",
            "max_pool_backward_kernel"]
 
@@ -104,6 +104,53 @@ def reduce_kernel(kind, ACC, OUT):
     return k
 
 
+def reduce_rows_kernel(kind, ACC, OUT):
+    """The same reduction with one *thread* per output element (no shared memory, no barriers): for
+    short rows (log-softmax over classes, tiny reductions), where a block per row would idle."""
+    key = ("rows", kind, ACC, OUT)
+    if key in _CACHE:
+        return _CACHE[key]
+    is_max = kind == "max"
+
+    def reduce_rows(out, a, k_shape, r_shape, strides, nrows, m, divisor):
+        row = cuda.grid(1)
+        step = cuda.gridsize(1)
+        while row < nrows:
+            base = 0
+            rem = row
+            for d in range(len(k_shape) - 1, -1, -1):
+                base += (rem % k_shape[d]) * strides[d]
+                rem //= k_shape[d]
+            if is_max:
+                acc = ACC(-math.inf)
+            else:
+                acc = ACC(0)
+            for j in range(m):
+                off = base
+                rem = j
+                for d in range(len(r_shape) - 1, -1, -1):
+                    off += (rem % r_shape[d]) * strides[d]
+                    rem //= r_shape[d]
+                v = ACC(a[off])
+                if is_max:
+                    if (v != v or v > acc) and acc == acc:
+                        acc = v
+                else:
+                    acc += v
+            if is_max:
+                out[row] = OUT(acc)
+            else:
+                out[row] = OUT(acc / divisor)
+            row += step
+
+    _CACHE[key] = k = cuda.jit(reduce_rows)
+    return k
+
+
+#: rows up to this long are reduced one thread per row (``reduce_rows_kernel``)
+SHORT_ROW = 64
+
+
 @cuda.jit
 def sq_norm_partials(g, partial):
     """partial[block] = Σ g² over the block's grid-stride share, in float64."""
@@ -151,7 +198,7 @@ def sum_partials(partial, out):
 
 
 def sq_norm_blocks(n):
-    return max(1, min(MAX_BLOCKS, (int(n) + TPB - 1) // TPB))
+    return max(1, min(2 if SIM else MAX_BLOCKS, (int(n) + TPB - 1) // TPB))
 
 
 def place_kernel(T):

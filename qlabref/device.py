@@ -366,6 +366,11 @@ def _norm_axes(axis, ndim):
     return tuple(sorted(np.lib.array_utils.normalize_axis_tuple(tuple(axes), max(ndim, 1) if ndim else 1)))
 
 
+#: "auto" (one thread per row for short rows, and in the simulator where barriers are slow; else one
+#: block per row), or "rows" / "block" to force one kernel (tests run both)
+REDUCE_MODE = "auto"
+
+
 def _reduce(a, kind, axis=None, keepdims=False, dtype=None):
     axes = _norm_axes(axis, a.ndim) if a.ndim else ()
     if kind == "max":
@@ -398,10 +403,16 @@ def _reduce(a, kind, axis=None, keepdims=False, dtype=None):
     r_shape = tuple(n if i in axes else 1 for i, n in enumerate(shape))
     strides = _cstrides(shape)
     divisor = float(m) if kind == "mean" else 1.0
-    ke = _k()
-    kern = _r().reduce_kernel("max" if kind == "max" else "sum", nbtype(acc), nbtype(out_dt))
-    grid = max(1, min(nrows, ke.MAX_BLOCKS))
-    kern[grid, ke.TPB](out.buf, a.buf, k_shape, r_shape, strides, nrows, m, divisor)
+    ke, r = _k(), _r()
+    op = "max" if kind == "max" else "sum"
+    rows = REDUCE_MODE == "rows" or (REDUCE_MODE == "auto" and (m <= r.SHORT_ROW or ke.SIM))
+    if rows:  # one thread per output element
+        kern = r.reduce_rows_kernel(op, nbtype(acc), nbtype(out_dt))
+        _launch(kern, nrows)(out.buf, a.buf, k_shape, r_shape, strides, nrows, m, divisor)
+    else:  # one block per output element, a shared-memory tree
+        kern = r.reduce_kernel(op, nbtype(acc), nbtype(out_dt))
+        grid = max(1, min(nrows, ke.MAX_BLOCKS))
+        kern[grid, ke.TPB](out.buf, a.buf, k_shape, r_shape, strides, nrows, m, divisor)
     return out
 
 
