@@ -50,6 +50,9 @@ def add_arguments(parser):
     parser.add_argument("--dtype", default="both", choices=["float64", "float32", "both"], help="default both")
     parser.add_argument("--tol", type=float, default=None, help="tolerance (default 1e-9 float64, 1e-3 float32)")
     parser.add_argument("--device", default="cpu", help="device of the PyTorch side (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--backend", default=None, choices=["numpy", "numba", "cuda"],
+                        help="backend of the reference side (default: the one in force); cuda keeps the reference "
+                             "model and each minibatch on the GPU (qlabgrad only)")
     parser.add_argument("--limit", type=int, default=2048,
                         help="use only the first LIMIT examples of the data (default 2048; 0 = all)")
     parser.add_argument("--out", default=None, help="folder for crosscheck.csv and crosscheck.png")
@@ -114,6 +117,7 @@ def run(args) -> int:
     except ImportError:
         raise UsageError("qlabref crosscheck needs PyTorch: pip install 'qlabref[torch]'") from None
     from ..crosscheck_torch import crosscheck, plot
+    from ..kernels.launch import CudaUnavailableError
 
     if args.steps < 1 or args.batch_size < 1:
         raise UsageError("--steps and --batch-size must be >= 1")
@@ -126,7 +130,8 @@ def run(args) -> int:
     options = {} if args.lr is None else {"lr": args.lr}
     dtypes = ["float64", "float32"] if args.dtype == "both" else [args.dtype]
     print(f"qlabref crosscheck: {model_name} on {data_name} ({len(X)} examples), {args.optimizer}, "
-          f"batch {args.batch_size}, seed {args.seed}, {args.steps} steps, PyTorch on {args.device}")
+          f"batch {args.batch_size}, seed {args.seed}, {args.steps} steps, PyTorch on {args.device}"
+          + (f", reference on the {args.backend} backend" if args.backend else ""))
     results = []
     for dt in dtypes:
         bar = None
@@ -137,8 +142,9 @@ def run(args) -> int:
         try:
             res = crosscheck(model, X, y, optimizer=args.optimizer, steps=args.steps, batch_size=args.batch_size,
                              seed=args.seed, dtype=dt, options=options, tol=args.tol, device=args.device,
-                             model_name=model_name, callback=(lambda row: bar.update(1)) if bar else None)
-        except (TypeError, ValueError) as e:
+                             model_name=model_name, callback=(lambda row: bar.update(1)) if bar else None,
+                             backend=args.backend)
+        except (TypeError, ValueError, CudaUnavailableError) as e:
             raise UsageError(f"crosscheck: {e}") from e
         finally:
             if bar is not None:
