@@ -128,8 +128,8 @@ def measure_model_steps(log=None, *, mlp_repeats=30, resnet_repeats=5, numba_ste
         return out
     from numba import cuda
 
-    out["device"] = cuda.get_current_device().name.decode() if isinstance(cuda.get_current_device().name, bytes) \
-        else str(cuda.get_current_device().name)
+    name = getattr(cuda.get_current_device(), "name", "unknown GPU")
+    out["device"] = name.decode() if isinstance(name, bytes) else str(name)
     torch, why = _torch_cuda()
     out["torch"] = why or f"torch {torch.__version__}"
     if torch is not None:
@@ -137,39 +137,53 @@ def measure_model_steps(log=None, *, mlp_repeats=30, resnet_repeats=5, numba_ste
         torch.backends.cudnn.allow_tf32 = False
     rng = np.random.default_rng(seed)
 
-    # --- MLP, float32, batch 64
-    x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+    for name, part in (("mlp", _mlp_part), ("resnet18", _resnet_part)):
+        res = out[name] = {}
+        try:
+            part(res, qr, torch, rng, log, seed, warmup, mlp_repeats, resnet_repeats, numba_steps)
+        except Exception as e:  # noqa: BLE001 - a failed part is reported, the other still runs
+            res["error"] = f"{type(e).__name__}: {e}"
+            _say(log, f"gpu models: {name} failed: {res['error']}")
+    return out
+
+
+def _mlp_part(res, qr, torch, rng, log, seed, warmup, mlp_repeats, resnet_repeats, numba_steps):
+    x = rng.standard_normal((64, 784)).astype(np.float32)
     y = rng.integers(0, 10, 64)
-    res = {"batch": 64, "dtype": "float32"}
+    res.update(batch=64, dtype="float32")
     _say(log, "gpu models: mlp() float32 batch 64, qlabref cuda (resident) ...")
-    res["qlabref_cuda_ms"], _ = _ours(qr.models.mlp(seed=seed), x.reshape(64, -1), y, 0.1, warmup, mlp_repeats)
+    res["qlabref_cuda_ms"], _ = _ours(qr.models.mlp(seed=seed), x, y, 0.1, warmup, mlp_repeats)
+    _say(log, f"gpu models: mlp qlabref cuda {res['qlabref_cuda_ms']:.3f} ms")
     if torch is not None:
         _say(log, "gpu models: mlp() float32 batch 64, PyTorch CUDA ...")
         tm = qr.interop.to_torch(qr.models.mlp(seed=seed))
-        res["torch_cuda_ms"], _ = _torch(torch, tm, x.reshape(64, -1), y, 0.1, warmup, mlp_repeats)
+        res["torch_cuda_ms"], _ = _torch(torch, tm, x, y, 0.1, warmup, mlp_repeats)
         res["ratio_vs_torch"] = res["qlabref_cuda_ms"] / res["torch_cuda_ms"]
         res["target_met"] = res["ratio_vs_torch"] <= TARGETS["mlp_vs_torch"]
-    out["mlp"] = res
+        _say(log, f"gpu models: mlp PyTorch CUDA {res['torch_cuda_ms']:.3f} ms, ratio {res['ratio_vs_torch']:.2f}")
 
-    # --- ResNet-18 CIFAR, float64, batch 32
+
+def _resnet_part(res, qr, torch, rng, log, seed, warmup, mlp_repeats, resnet_repeats, numba_steps):
     x = rng.standard_normal((32, 3, 32, 32))
     y = rng.integers(0, 10, 32)
-    res = {"batch": 32, "dtype": "float64"}
+    res.update(batch=32, dtype="float64")
     _say(log, "gpu models: resnet18 float64 batch 32, qlabref cuda (resident) ...")
     res["qlabref_cuda_ms"], _ = _ours(qr.models.resnet18(dtype=np.float64, seed=seed), x, y, 0.01, 2, resnet_repeats)
+    _say(log, f"gpu models: resnet18 qlabref cuda {res['qlabref_cuda_ms']:.1f} ms")
     if torch is not None:
         _say(log, "gpu models: resnet18 float64 batch 32, PyTorch CUDA ...")
         tm = qr.interop.to_torch(qr.models.resnet18(dtype=np.float64, seed=seed))
         res["torch_cuda_ms"], _ = _torch(torch, tm, x, y, 0.01, 2, resnet_repeats)
         res["ratio_vs_torch"] = res["qlabref_cuda_ms"] / res["torch_cuda_ms"]
         res["target_met_vs_torch"] = res["ratio_vs_torch"] <= TARGETS["resnet18_vs_torch"]
+        _say(log, f"gpu models: resnet18 PyTorch CUDA {res['torch_cuda_ms']:.1f} ms, ratio {res['ratio_vs_torch']:.2f}")
     if numba_steps:
         _say(log, f"gpu models: resnet18 float64 batch 32, numba backend on the CPU ({numba_steps} step(s)) ...")
         res["numba_cpu_ms"], _ = _numba(qr.models.resnet18(dtype=np.float64, seed=seed), x, y, 0.01, 1, numba_steps)
         res["speedup_vs_numba"] = res["numba_cpu_ms"] / res["qlabref_cuda_ms"]
         res["target_met_vs_numba"] = res["speedup_vs_numba"] >= TARGETS["resnet18_speedup_vs_numba"]
-    out["resnet18"] = res
-    return out
+        _say(log, f"gpu models: resnet18 numba CPU {res['numba_cpu_ms']:.0f} ms, speedup {res['speedup_vs_numba']:.1f}")
+
 
 
 def format_lines(result) -> list:
@@ -178,18 +192,27 @@ def format_lines(result) -> list:
         return [f"GPU model steps: not timed: {result.get('reason')}"]
     lines = [f"GPU model steps on {result['device']} ({result.get('torch')}), one QLABGrad step, median ms:"]
     m = result.get("mlp", {})
+    if "error" in m:
+        lines.append(f"  mlp(): failed: {m['error']}")
+    if "qlabref_cuda_ms" not in m:
+        m = {}
     s = f"  mlp() float32 batch 64: qlabref cuda {m.get('qlabref_cuda_ms', float('nan')):.2f}"
-    if "torch_cuda_ms" in m:
+    if "ratio_vs_torch" in m:
         s += (f", PyTorch CUDA {m['torch_cuda_ms']:.2f} → {m['ratio_vs_torch']:.2f}× "
               f"(target ≤ {TARGETS['mlp_vs_torch']:g}×: {'met' if m['target_met'] else 'NOT met'})")
     lines.append(s)
     r = result.get("resnet18", {})
+    if "error" in r:
+        lines.append(f"  resnet18: failed: {r['error']}")
     s = f"  resnet18 float64 batch 32: qlabref cuda {r.get('qlabref_cuda_ms', float('nan')):.1f}"
-    if "torch_cuda_ms" in r:
+    if "qlabref_cuda_ms" not in r:
+        s = None
+    if "ratio_vs_torch" in r:
         s += (f", PyTorch CUDA {r['torch_cuda_ms']:.1f} → {r['ratio_vs_torch']:.2f}× "
               f"(target ≤ {TARGETS['resnet18_vs_torch']:g}×: {'met' if r['target_met_vs_torch'] else 'NOT met'})")
-    if "numba_cpu_ms" in r:
+    if "speedup_vs_numba" in r:
         s += (f"; numba CPU {r['numba_cpu_ms']:.0f} → {r['speedup_vs_numba']:.1f}× faster "
               f"(target ≥ {TARGETS['resnet18_speedup_vs_numba']:g}×: {'met' if r['target_met_vs_numba'] else 'NOT met'})")
-    lines.append(s)
+    if s is not None:
+        lines.append(s)
     return lines
