@@ -38,7 +38,7 @@ import numbers
 import numpy as np
 
 __all__ = ["DeviceArray", "DEVICES", "is_device", "to_device", "to_host", "TRAFFIC", "count_traffic",
-           "DeviceBackend", "BACKEND", "TWINS", "check_device_name", "tensor_to", "module_to"]
+           "DeviceBackend", "BACKEND", "TWINS", "check_device_name", "tensor_to", "module_to", "empty_cache"]
 
 DEVICES = ("cpu", "cuda")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -50,11 +50,16 @@ def check_device_name(device, owner):
     raise ValueError(f"{owner}: unknown device {device!r}; choose 'cpu' or 'cuda'")
 
 
-def _cuda():
-    """numba.cuda after checking that CUDA kernels can run here (a GPU or the simulator)."""
-    from .kernels import launch
+_CUDA = []
 
-    return launch.require_cuda()
+
+def _cuda():
+    """numba.cuda after checking (once) that CUDA kernels can run here (a GPU or the simulator)."""
+    if not _CUDA:
+        from .kernels import launch
+
+        _CUDA.append(launch.require_cuda())
+    return _CUDA[0]
 
 
 def _k():
@@ -157,11 +162,26 @@ def _launch(kernel, n):
     return kernel[k.blocks_for(n), k.TPB]
 
 
+#: freed buffers by (elements, dtype), reused by the next array of that size: a training step
+#: allocates the same shapes every time, and cuMemAlloc/cuMemFree per op would cost more than the
+#: kernels (cuMemFree also synchronises). ``empty_cache()`` drops them.
+_POOL = {}
+
+
+def empty_cache():
+    """Release the pooled device buffers to the driver."""
+    _POOL.clear()
+
+
 def _empty(shape, dtype):
     shape = tuple(int(n) for n in shape)
     dt = np.dtype(dtype)
-    buf = _cuda().device_array(max(_prod(shape), 1), dtype=dt)
-    return DeviceArray(buf, shape, dt)
+    n = max(_prod(shape), 1)
+    free = _POOL.get((n, dt))
+    buf = free.pop() if free else _cuda().device_array(n, dtype=dt)
+    out = DeviceArray(buf, shape, dt)
+    out._pooled = True
+    return out
 
 
 def _full(shape, value, dtype):
@@ -429,7 +449,7 @@ class DeviceArray:
     element), ``shape``/``dtype`` the logical view. Views made by ``reshape``/``ravel`` share ``buf``;
     everything else makes a new array."""
 
-    __slots__ = ("buf", "shape", "dtype", "_range", "__weakref__")
+    __slots__ = ("buf", "shape", "dtype", "_range", "_pooled", "_base", "__weakref__")
     __qlabref_device__ = True  # what autograd/tensor test for (they never import this module)
     __array_priority__ = 1000
     flags = _Flags()
@@ -441,6 +461,15 @@ class DeviceArray:
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self._range = None
+        self._pooled = False  # True: ``buf`` goes back to the pool when this owner dies
+        self._base = None  # the owner of ``buf`` for a view (keeps it, and so the buffer, alive)
+
+    def __del__(self):
+        if self._pooled:
+            try:
+                _POOL.setdefault((self.buf.shape[0], self.dtype), []).append(self.buf)
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
 
     # ------------------------------------------------------------------ properties
     @property
@@ -513,6 +542,7 @@ class DeviceArray:
         if _prod(shape) != self.size:
             raise ValueError(f"cannot reshape array of size {self.size} into shape {shape}")
         out = DeviceArray(self.buf, shape, self.dtype)
+        out._base = self if self._base is None else self._base
         return out
 
     def ravel(self):
