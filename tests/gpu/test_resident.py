@@ -95,9 +95,9 @@ def assert_match(gpu, cpu, dtype):
     pb, rb, sb = cpu
     for u, v in zip(pa, pb):
         assert u.dtype == v.dtype and _rel(u, v) < tol_step
-    for u, v in zip(ra, rb):
+    for i, (u, v) in enumerate(zip(ra, rb)):
         for key in ("loss", "grad_sq_norm", "probe_loss", "lr"):
-            t = tol_step if key == "lr" else tol
+            t = tol_step if key == "lr" or i > 0 else tol  # after step 1 the parameters differ by tol_step
             assert abs(u[key] - v[key]) <= t * max(1.0, abs(v[key])), (key, u[key], v[key])
         assert u["fallback"] == v["fallback"]
     assert list(sa) == list(sb)
