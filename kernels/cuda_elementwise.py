@@ -229,12 +229,25 @@ def _device_fn(fn):
     return _CACHE[key]
 
 
+def _to_bool(x):
+    return x != 0
+
+
+def _cast(T):
+    """The conversion a kernel applies: the numba type itself for numbers, ``x != 0`` for booleans
+    (NumPy's rule; a numba boolean type is not callable as a cast on every target)."""
+    if str(T) == "bool":
+        return _device_fn(_to_bool)
+    return T
+
+
 def zip_kernel(name, T, OUT):
     """The broadcasting binary kernel of ufunc ``name`` computed in numba type ``T``, stored as ``OUT``."""
     key = ("zip", name, T, OUT)
     if key in _CACHE:
         return _CACHE[key]
     f = _device_fn(BINARY[name][0])
+    T, OUT = _cast(T), _cast(OUT)
 
     def zip_(out, a, a_off, a_st, a_flat, b, b_off, b_st, b_flat, shape, n):
         i = cuda.grid(1)
@@ -267,6 +280,7 @@ def map_kernel(name, T, OUT):
     if key in _CACHE:
         return _CACHE[key]
     f = _device_fn(UNARY[name][0])
+    T, OUT = _cast(T), _cast(OUT)
 
     def map_(out, a, n):
         i = cuda.grid(1)
@@ -283,6 +297,7 @@ def where_kernel(T):
     key = ("where", T)
     if key in _CACHE:
         return _CACHE[key]
+    T = _cast(T)
 
     def where_(out, c, c_st, x, x_st, y, y_st, shape, n):
         i = cuda.grid(1)
@@ -309,6 +324,7 @@ def gather_kernel(OUT):
     key = ("gather", OUT)
     if key in _CACHE:
         return _CACHE[key]
+    OUT = _cast(OUT)
 
     def gather(out, src, off, st, shape, n):
         i = cuda.grid(1)
@@ -330,6 +346,7 @@ def scatter_kernel(OUT):
     key = ("scatter", OUT)
     if key in _CACHE:
         return _CACHE[key]
+    OUT = _cast(OUT)
 
     def scatter(dst, off, st, src, s_st, shape, n):
         i = cuda.grid(1)
@@ -354,6 +371,7 @@ def fill_kernel(OUT):
     key = ("fill", OUT)
     if key in _CACHE:
         return _CACHE[key]
+    OUT = _cast(OUT)
 
     def fill(out, value, n):
         i = cuda.grid(1)

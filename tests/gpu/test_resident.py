@@ -306,3 +306,28 @@ def test_boundary_and_errors():
     assert all(isinstance(v, np.ndarray) and np.array_equal(v, sd[k]) for k, v in sd2.items())
     m.to("cpu")
     assert all(p.device == "cpu" and isinstance(p.data, np.ndarray) for p in m.parameters())
+
+
+@pytest.mark.slow
+def test_findplr_step_on_device_matches_numpy():
+    # QLABGrad's defaults: FindPLR (Algorithm 2) picks ᾱ at the first step from the same probes.
+    rng = np.random.default_rng()
+    x = rng.standard_normal((8, 12))
+    y = rng.integers(0, 3, 8)
+    runs = []
+    for device in ("cpu", "cuda"):
+        model = qr.models.mlp((12, 10, 3), dtype=np.float64, seed=2)
+        xb, yb = qr.tensor(x), qr.tensor(y)
+        if device == "cuda":
+            model.to("cuda")
+            xb, yb = xb.to("cuda"), yb.to("cuda")
+        opt = qr.optim.QLABGrad(model.parameters())
+        with qr.use_backend("numpy"):
+            opt.step(lambda: F.cross_entropy(model(xb), yb))
+        model.to("cpu")
+        runs.append((dict(opt.last_step), [p.data for p in model.parameters()]))
+    (a, pa), (b, pb) = runs
+    assert a["findplr_ran"] and b["findplr_ran"] and a["findplr_evals"] == b["findplr_evals"]
+    assert b["pre_lr"] == a["pre_lr"]  # powers of two of alpha0: the same decisions
+    assert abs(a["lr"] - b["lr"]) <= 1e-10 * abs(a["lr"])
+    assert all(_rel(u, v) < 1e-10 for u, v in zip(pb, pa))
