@@ -23,7 +23,7 @@ PY=${PYTHON:-python3}
   echo '```'
 } > "$MD"
 t0=$(date +%s)
-timeout -k 5 100 $PY -m pytest -q -p no:cacheprovider tests/gpu/test_resident.py tests/gpu/test_ptx_resident.py --durations=5 -rs > "$OUT/tests.log" 2>&1
+timeout -k 5 100 $PY -m pytest -q -p no:cacheprovider tests/gpu/test_resident.py --durations=5 -rs > "$OUT/tests.log" 2>&1
 rc=$?
 tail -n 40 "$OUT/tests.log" >> "$MD"
 t1=$(date +%s)
