@@ -163,9 +163,15 @@ class _Counter:
         real_to_device, real_copy_to_host, real_copy_to_device = cuda.to_device, cls.copy_to_host, cls.copy_to_device
         counter = self
 
+        self.inside = False
+
         def to_device(obj, *args, **kw):
             counter.h2d.append(np.asarray(obj).nbytes)
-            return real_to_device(obj, *args, **kw)
+            counter.inside = True  # Numba's to_device may call copy_to_device itself: one copy, counted once
+            try:
+                return real_to_device(obj, *args, **kw)
+            finally:
+                counter.inside = False
 
         def copy_to_host(self, *args, **kw):
             out = real_copy_to_host(self, *args, **kw)
@@ -173,7 +179,7 @@ class _Counter:
             return out
 
         def copy_to_device(self, ary, *args, **kw):
-            if isinstance(ary, np.ndarray):
+            if isinstance(ary, np.ndarray) and not counter.inside:
                 counter.h2d.append(ary.nbytes)
             return real_copy_to_device(self, ary, *args, **kw)
 
