@@ -941,10 +941,10 @@ class DeviceBackend:
         n = g.size
         out = _empty((), np.float64)
         grid = r.sq_norm_blocks(n)
-        partial = _cuda().device_array(grid, dtype=np.float64)
+        partial = _empty((grid,), np.float64)  # pooled: no allocation per call
         ke = _k()
-        r.sq_norm_partials[grid, ke.TPB](g.buf[:n] if n != g.buf.shape[0] else g.buf, partial)
-        r.sum_partials[1, ke.TPB](partial, out.buf)
+        r.sq_norm_partials[grid, ke.TPB](g.buf[:n] if n != g.buf.shape[0] else g.buf, partial.buf)
+        r.sum_partials[1, ke.TPB](partial.buf, out.buf)
         return out
 
     def __repr__(self):
