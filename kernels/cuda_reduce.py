@@ -24,9 +24,11 @@ from numba import cuda, float64, int64
 
 from .cuda_elementwise import MAX_BLOCKS, SIM, TPB
 
-__all__ = ["reduce_kernel", "reduce_rows_kernel", "SHORT_ROW", "sq_norm_partials", "sum_partials", "place_kernel", "place_save_kernel", "ce_forward_kernel",
+__all__ = ["reduce_kernel", "reduce_rows_kernel", "SHORT_ROW", "sq_norm_partials", "sum_partials", "place_kernel",
+           "place_save_kernel", "ce_forward_kernel",
            "ce_backward_kernel", "avg_pool_forward_kernel", "avg_pool_backward_kernel", "max_pool_forward_kernel",
            "max_pool_backward_kernel"]
+
 
 def _mul_rn(T):
     """Round-to-nearest product that the compiler may not fuse with a following add (libdevice's
