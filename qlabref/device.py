@@ -210,7 +210,8 @@ def to_device(host, dtype=None) -> "DeviceArray":
     """Copy a host array (or anything ``np.asarray`` takes) to the GPU (one counted copy)."""
     if isinstance(host, DeviceArray):
         return host if dtype is None or host.dtype == np.dtype(dtype) else host.astype(dtype)
-    arr = np.ascontiguousarray(host if dtype is None else np.asarray(host, dtype=dtype))
+    arr = np.asarray(host if dtype is None else np.asarray(host, dtype=dtype))
+    arr = arr if arr.flags.c_contiguous else arr.copy()  # (np.ascontiguousarray would make a 0-d array 1-d)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"to_device: only numbers go to the GPU, got an array of dtype {arr.dtype}")
     cuda = _cuda()

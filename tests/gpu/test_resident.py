@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import qlabref as qr
 import qlabref.nn.functional as F
@@ -337,3 +340,25 @@ def test_findplr_step_on_device_matches_numpy():
     assert b["pre_lr"] == a["pre_lr"]  # powers of two of alpha0: the same decisions
     assert abs(a["lr"] - b["lr"]) <= 1e-10 * abs(a["lr"])
     assert all(_rel(u, v) < 1e-10 for u, v in zip(pb, pa))
+
+
+@settings(max_examples=12, deadline=None)
+@given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=4, max_side=3),
+       op=st.sampled_from(["add", "subtract", "multiply", "maximum", "less_equal"]),
+       dtypes=st.sampled_from([("float32", "float32"), ("float64", "float32"), ("float32", "bool")]),
+       keep=st.booleans(), data=st.data())
+def test_broadcast_ufunc_then_reduce_matches_numpy(shapes, op, dtypes, keep, data):
+    from qlabref import device
+
+    rng = np.random.default_rng()
+    a = rng.standard_normal(shapes.input_shapes[0]).astype(dtypes[0])
+    b = (rng.standard_normal(shapes.input_shapes[1]) > 0 if dtypes[1] == "bool"
+         else rng.standard_normal(shapes.input_shapes[1]).astype(dtypes[1]))
+    want = getattr(np, op)(a, b)
+    got = getattr(np, op)(device.to_device(a), device.to_device(b))
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert np.array_equal(got.get(), want)  # one rounding of the same operands: exact
+    if want.ndim:
+        axis = data.draw(st.sampled_from([None] + list(range(want.ndim))))
+        w = want.astype(np.float64).sum(axis=axis, keepdims=keep)
+        assert np.allclose(got.astype(np.float64).sum(axis=axis, keepdims=keep).get(), w, rtol=1e-12, atol=1e-12)
