@@ -362,3 +362,20 @@ def test_broadcast_ufunc_then_reduce_matches_numpy(shapes, op, dtypes, keep, dat
         axis = data.draw(st.sampled_from([None] + list(range(want.ndim))))
         w = want.astype(np.float64).sum(axis=axis, keepdims=keep)
         assert np.allclose(got.astype(np.float64).sum(axis=axis, keepdims=keep).get(), w, rtol=1e-12, atol=1e-12)
+
+
+def test_eval_mode_forward_on_device_matches_numpy():
+    # BatchNorm in eval mode normalises with the running statistics, which stay on the GPU.
+    rng = np.random.default_rng()
+    x = rng.standard_normal((2, 3, 6, 6))
+    model = tiny_resnet(np.float64, seed=int(rng.integers(1000)))
+    for name, buf in model.named_buffers():
+        if buf.dtype.kind == "f":
+            buf[...] = rng.uniform(0.5, 1.5, buf.shape) if name.endswith("var") else rng.standard_normal(buf.shape)
+    model.eval()
+    with qr.use_backend("numpy"), qr.no_grad():
+        want = model(qr.tensor(x)).numpy()
+    model.to("cuda")
+    with qr.no_grad():
+        got = model(qr.tensor(x).to("cuda"))
+    assert got.device == "cuda" and _rel(got.numpy(), want) < 1e-13
