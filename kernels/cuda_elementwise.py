@@ -169,6 +169,18 @@ def _not(x):
 if SIM:  # the simulator runs these in Python: NumPy's scalar functions give NumPy's inf/NaN, no exceptions
     import numpy as _np
 
+    def _add(x, y):
+        with _np.errstate(all="ignore"):
+            return x + y
+
+    def _sub(x, y):
+        with _np.errstate(all="ignore"):
+            return x - y
+
+    def _mul(x, y):
+        with _np.errstate(all="ignore"):
+            return x * y
+
     def _div(x, y):
         with _np.errstate(all="ignore"):
             return x / y

@@ -292,6 +292,10 @@ class Optimizer:
             self.param_groups.append(group)
 
     # ------------------------------------------------------------------ parameters and gradients
+    #: True where step() computes ‖∇L‖² and raises NonFiniteLossError on a non-finite one before
+    #: changing anything (QLABGrad, find_plr): check_grads then skips its own pass over GPU gradients
+    _step_checks_grad_sq_norm = False
+
     def params(self):
         """All parameters, group by group, in order."""
         return [p for g in self.param_groups for p in g["params"]]
@@ -322,6 +326,8 @@ class Optimizer:
             if g is None:
                 continue
             if getattr(type(g), "__qlabref_device__", False) and g.shape == p.data.shape:
+                if self._step_checks_grad_sq_norm:
+                    continue  # the step's own ‖∇L‖² (one pass, one scalar) raises on NaN/inf first
                 from ..device import BACKEND
 
                 s = BACKEND.sq_norm(g)
