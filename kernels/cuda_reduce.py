@@ -24,7 +24,7 @@ from numba import cuda, float64, int64
 
 from .cuda_elementwise import MAX_BLOCKS, SIM, TPB
 
-__all__ = ["reduce_kernel", "reduce_rows_kernel", "SHORT_ROW", "sq_norm_partials", "sum_partials", "place_kernel",
+__all__ = ["reduce_kernel", "reduce_rows_kernel", "SHORT_ROW", "sq_norm_partials", "sum_partials", "place_kernel", "log_softmax_rows_kernel",
            "place_save_kernel", "ce_forward_kernel",
            "ce_backward_kernel", "avg_pool_forward_kernel", "avg_pool_backward_kernel", "max_pool_forward_kernel",
            "max_pool_backward_kernel"]
@@ -238,6 +238,35 @@ def place_save_kernel(T):
             i += step
 
     _CACHE[key] = k = cuda.jit(place_save)
+    return k
+
+
+def log_softmax_rows_kernel(T):
+    """One thread per row of (N, C) logits: logp = (x − max) − log Σ exp(x − max), the same steps as
+    the NumPy op's max-shifted formula (stable for logits of ±1e4)."""
+    key = ("lsm_rows", T)
+    if key in _CACHE:
+        return _CACHE[key]
+
+    def log_softmax_rows(x, out):
+        r = cuda.grid(1)
+        step = cuda.gridsize(1)
+        c = x.shape[1]
+        while r < x.shape[0]:
+            m = x[r, 0]
+            for j in range(1, c):
+                v = x[r, j]
+                if m == m and (v != v or v > m):
+                    m = v
+            s = T(0)
+            for j in range(c):
+                s += math.exp(x[r, j] - m)
+            ls = math.log(s)
+            for j in range(c):
+                out[r, j] = (x[r, j] - m) - ls
+            r += step
+
+    _CACHE[key] = k = cuda.jit(log_softmax_rows)
     return k
 
 

@@ -1144,7 +1144,9 @@ def _make_twins():
                         bad = labels[(labels < 0) | (labels >= c)][0]
                         raise ValueError(f"cross_entropy: label {bad} is out of range for {c} classes")
                     labels = to_device(labels)
-            logp = core._log_softmax(logits, axis=1)
+            logp = _empty(logits.shape, logits.dtype)  # log-softmax of the rows, one fused kernel
+            if logp.size:
+                _launch(_r().log_softmax_rows_kernel(nbtype(logits.dtype)), n)(_view(logits), _view(logp))
             ctx.save(logp, labels)
             ctx.scale = 1.0 / n if reduction == "mean" else 1.0
             out = _empty((), logits.dtype)

@@ -50,6 +50,7 @@ def _cases():
         out.append((f"place[{T}]", rd.place_kernel(T), (T[:], T[:], T, T[:])))
         out.append((f"place_save[{T}]", rd.place_save_kernel(T), (T[:], T[:], T, T[:])))
         out.append((f"ce_forward[{T}]", rd.ce_forward_kernel(T), (T[:, :], int64[:], T, T[:])))
+        out.append((f"log_softmax_rows[{T}]", rd.log_softmax_rows_kernel(T), (T[:, :], T[:, :])))
         out.append((f"ce_backward[{T}]", rd.ce_backward_kernel, (T[:, :], int64[:], T[:], T, T[:, :])))
         geom = (int64,) * 6
         out.append((f"avg_pool_forward[{T}]", rd.avg_pool_forward_kernel(T), (T[:, :, :, :], *geom, int64, T[:, :, :, :])))
