@@ -4,9 +4,6 @@
   element (grid-stride over them); its threads walk the reduced elements (strided reads, so no
   transposed copy is made), accumulate in ``ACC`` (float64 for sums and means, the input type for a
   max, NaN propagating) and combine by a shared-memory tree. Fixed order: deterministic.
-- ``sq_norm_partials`` + ``sum_partials``: Σ g² of a flat buffer (float64), two deterministic passes,
-  result left **on the device** (a one-element buffer): QLABGrad's ‖∇L‖² (Eq. 7) comes back as one
-  scalar per step, not one per parameter.
 - ``place``: ``out = θ − α·g``; ``place_save``: ``saved = θ`` and ``θ ← θ − α·g`` in one pass (the
   probe point of Eq. (8) and the step of Algorithm 1, line 8). The product is rounded on its own
   (``mul_rn``: libdevice's round-to-nearest multiply on a GPU) so the compiler cannot contract
@@ -20,11 +17,11 @@ from __future__ import annotations
 
 import math
 
-from numba import cuda, float64, int64
+from numba import cuda, int64
 
 from .cuda_elementwise import MAX_BLOCKS, SIM, TPB
 
-__all__ = ["reduce_kernel", "reduce_rows_kernel", "SHORT_ROW", "sq_norm_partials", "sum_partials", "place_kernel", "log_softmax_rows_kernel",
+__all__ = ["reduce_kernel", "reduce_rows_kernel", "SHORT_ROW", "place_kernel", "log_softmax_rows_kernel",
            "place_save_kernel", "ce_forward_kernel",
            "ce_backward_kernel", "avg_pool_forward_kernel", "avg_pool_backward_kernel", "max_pool_forward_kernel",
            "max_pool_backward_kernel"]
@@ -153,56 +150,6 @@ def reduce_rows_kernel(kind, ACC, OUT):
 SHORT_ROW = 64
 
 
-@cuda.jit
-def sq_norm_partials(g, partial):
-    """partial[block] = Σ g² over the block's grid-stride share, in float64."""
-    sh = cuda.shared.array(TPB, float64)
-    tid = cuda.threadIdx.x
-    i = cuda.blockIdx.x * TPB + tid
-    step = cuda.gridDim.x * TPB
-    acc = 0.0
-    while i < g.shape[0]:
-        v = float64(g[i])
-        acc += v * v
-        i += step
-    sh[tid] = acc
-    cuda.syncthreads()
-    s = TPB // 2
-    while s > 0:
-        if tid < s:
-            sh[tid] += sh[tid + s]
-        cuda.syncthreads()
-        s //= 2
-    if tid == 0:
-        partial[cuda.blockIdx.x] = sh[0]
-
-
-@cuda.jit
-def sum_partials(partial, out):
-    """One block: out[0] = Σ partial (fixed order)."""
-    sh = cuda.shared.array(TPB, float64)
-    tid = cuda.threadIdx.x
-    acc = 0.0
-    i = tid
-    while i < partial.shape[0]:
-        acc += partial[i]
-        i += TPB
-    sh[tid] = acc
-    cuda.syncthreads()
-    s = TPB // 2
-    while s > 0:
-        if tid < s:
-            sh[tid] += sh[tid + s]
-        cuda.syncthreads()
-        s //= 2
-    if tid == 0:
-        out[0] = sh[0]
-
-
-def sq_norm_blocks(n):
-    return max(1, min(2 if SIM else MAX_BLOCKS, (int(n) + TPB - 1) // TPB))
-
-
 def place_kernel(T):
     """out = θ − α·g (Eq. 8's probe point; Algorithm 1, line 8), the product rounded on its own."""
     key = ("place", T)
@@ -280,10 +227,15 @@ def ce_forward_kernel(T):
         sh = cuda.shared.array(TPB, T)
         tid = cuda.threadIdx.x
         n = logp.shape[0]
+        c = logp.shape[1]
         acc = T(0)
         i = tid
         while i < n:
-            acc += logp[i, labels[i]]
+            lab = labels[i]
+            if lab >= 0 and lab < c:  # the host checked the range; a label outside it never reads
+                acc += logp[i, lab]  # outside the row (a negative index would wrap round): NaN loss
+            else:
+                acc += T(math.nan)
             i += TPB
         sh[tid] = acc
         cuda.syncthreads()

@@ -166,10 +166,24 @@ def _launch(kernel, n):
 #: allocates the same shapes every time, and cuMemAlloc/cuMemFree per op would cost more than the
 #: kernels (cuMemFree also synchronises). ``empty_cache()`` drops them.
 _POOL = {}
+#: every buffer the pool made, by id, held here (not only by its DeviceArray) until ``empty_cache``
+#: drops it while free. This is what makes ``DeviceArray.__del__`` safe: a DeviceArray that dies in a
+#: reference cycle is collected together with everything only it reaches, and CPython clears the weak
+#: references of that garbage (running their callbacks) *before* it calls ``__del__``. Numba's
+#: OwnedPointer frees its memory from such a callback (``weakref.finalize``), so a buffer reachable
+#: only from the dying array would be freed first and then put back into the pool by ``__del__``:
+#: the next array of that size would get freed memory (on a GPU: ``ReferenceError: weakly-referenced
+#: object no longer exists`` in OwnedPointer, ``CUDA_ERROR_INVALID_VALUE`` from cuMemcpyDtoH, then
+#: ``CUDA_ERROR_ILLEGAL_ADDRESS``). Held here, a pooled buffer is never part of such garbage.
+_OWNED = {}
 
 
 def empty_cache():
-    """Release the pooled device buffers to the driver."""
+    """Release the free pooled device buffers to the driver (buffers of live arrays stay theirs and
+    return to the pool when those die)."""
+    for free in _POOL.values():
+        for buf in free:
+            _OWNED.pop(id(buf), None)
     _POOL.clear()
 
 
@@ -180,7 +194,11 @@ def _empty(shape, dtype):
     if not _ACTIVE:
         _activate()
     free = _POOL.get((n, dt))
-    buf = free.pop() if free else _cuda().device_array(n, dtype=dt)
+    if free:
+        buf = free.pop()
+    else:
+        buf = _cuda().device_array(n, dtype=dt)
+        _OWNED[id(buf)] = buf  # the pool owns it (see _OWNED)
     out = DeviceArray(buf, shape, dt)
     out._pooled = True
     return out
@@ -261,7 +279,9 @@ def _basic_view(shape, index):
     except IndexError as e:
         raise IndexError(f"getitem: index {index!r} is invalid for shape {tuple(shape)}: {e}") from None
     if not isinstance(view, np.ndarray):  # an int index of every axis: a 0-d result
-        view = fake[(index,) if not isinstance(index, tuple) else index + (Ellipsis,)]
+        # (a tuple with the Ellipsis: without it NumPy gives a scalar again, whose data pointer is not
+        # into ``fake``: the offset would be garbage, an out-of-bounds index on the device)
+        view = fake[(index if isinstance(index, tuple) else (index,)) + (Ellipsis,)]
     offset = view.__array_interface__["data"][0] - fake.__array_interface__["data"][0]
     return offset, view.shape, view.strides
 
@@ -344,6 +364,7 @@ def _binary(name, a, b, out=None):
         if not isinstance(out, DeviceArray) or out.shape != shape:
             raise ValueError(f"{name}: out= must be a device array of shape {shape}")
         out_dt = out.dtype
+        out._range = None
     da, db = _as_dev(a, T), _as_dev(b, T)
     n = _prod(shape)
     if n == 0:
@@ -372,11 +393,32 @@ def _unary(name, a, out=None):
     if out is None:
         out = _empty(a.shape, out_dt)
     else:
+        if not isinstance(out, DeviceArray) or out.shape != a.shape:
+            raise ValueError(f"{name}: out= must be a device array of shape {a.shape}")
         out_dt = out.dtype
+        out._range = None
     n = a.size
     if n:
         _launch(_k().map_kernel(name, nbtype(T), nbtype(out_dt)), n)(out.buf, a.buf, n)
     return out
+
+
+def _check_extent(what, size, offset, shape, strides):
+    """The elements ``offset + Σ idx_d·strides_d`` a strided kernel touches lie in ``[0, size)``: an
+    engine invariant checked on the host before every launch (on a GPU, an index outside the buffer
+    reads or writes another array's memory, or faults and poisons the context)."""
+    if not _prod(shape):
+        return
+    lo = hi = int(offset)
+    for n, s in zip(shape, strides):
+        span = (int(n) - 1) * int(s)
+        if span < 0:
+            lo += span
+        else:
+            hi += span
+    if lo < 0 or hi >= size:
+        raise AssertionError(f"{what}: elements {lo}..{hi} of a buffer of {size} (offset {offset}, shape "
+                             f"{tuple(shape)}, strides {tuple(strides)})")
 
 
 def _gather(src, offset, shape, strides, dtype=None):
@@ -384,6 +426,7 @@ def _gather(src, offset, shape, strides, dtype=None):
     out = _empty(shape, src.dtype if dtype is None else dtype)
     n = _prod(shape)
     if n:
+        _check_extent("gather", src.size, offset, shape, strides)
         ks = _kshape(shape)
         st = tuple(int(s) for s in strides) or (0,)
         _launch(_k().gather_kernel(nbtype(out.dtype)), n)(out.buf, src.buf, int(offset), st, ks, n)
@@ -476,9 +519,13 @@ class DeviceArray:
         self._base = None  # the owner of ``buf`` for a view (keeps it, and so the buffer, alive)
 
     def __del__(self):
+        # Only a buffer the pool still owns goes back (always the case, unless the interpreter is
+        # shutting down); _OWNED kept it alive, so its memory is valid even if this array died in a cycle.
         if self._pooled:
             try:
-                _POOL.setdefault((self.buf.shape[0], self.dtype), []).append(self.buf)
+                buf = self.buf
+                if _OWNED.get(id(buf)) is buf:
+                    _POOL.setdefault((buf.shape[0], self.dtype), []).append(buf)
             except Exception:  # noqa: BLE001 - interpreter shutdown
                 pass
 
@@ -616,13 +663,14 @@ class DeviceArray:
         n = _prod(shape)
         if n == 0:
             return
+        self._range = None  # the values change: a cached label range no longer holds
         whole = offset == 0 and tuple(shape) == self.shape
         if not isinstance(value, DeviceArray):
             v = np.asarray(value) if not isinstance(value, (bool, int, float)) else value
-            if isinstance(v, np.ndarray) and v.ndim > 0 and v.size > 1:
+            if isinstance(v, np.ndarray) and v.ndim > 0 and v.size != 1:
                 value = to_device(v)
             else:
-                scalar = v[()] if isinstance(v, np.ndarray) else v
+                scalar = v.reshape(-1)[0] if isinstance(v, np.ndarray) else v
                 if whole:
                     _launch(_k().fill_kernel(nbtype(self.dtype)), n)(self.buf, scalar, n)
                     return
@@ -630,10 +678,18 @@ class DeviceArray:
         if whole and value.shape == self.shape and value.dtype == self.dtype:
             self.buf.copy_to_device(value.buf)
             return
+        shape = tuple(shape)
+        given = value.shape
+        extra = value.ndim - len(shape)
+        if extra > 0 and all(k == 1 for k in given[:extra]):  # NumPy drops leading axes of length 1
+            value = value.reshape(given[extra:])
         try:
-            np.broadcast_shapes(value.shape, tuple(shape))
+            fits = np.broadcast_shapes(value.shape, shape) == shape
         except ValueError:
-            raise ValueError(f"setitem: could not broadcast a value of shape {value.shape} into shape {tuple(shape)}") from None
+            fits = False
+        if not fits:  # NumPy's rule: the value broadcasts *to* the target's shape
+            raise ValueError(f"setitem: could not broadcast a value of shape {given} into shape {shape}")
+        _check_extent("setitem", self.size, offset, shape, strides)
         ks = _kshape(shape)
         st = tuple(int(s) for s in strides) or (0,)
         src_st = _bstrides(value.shape, ks) if value.shape else (0,) * len(ks)
@@ -947,15 +1003,16 @@ class DeviceBackend:
         return None
 
     def sq_norm(self, g):
-        """Σ g² in float64 as a 0-d device array (a Python float only when someone asks: ``float()``)."""
-        r = _r()
+        """Σ g² in float64 as a 0-d device array (a Python float only when someone asks: ``float()``):
+        ``kernels.cuda_probe.sum_sq_into``, one launch (both reduction stages) into the pooled result,
+        its scratch the process's probe workspace (no allocation per call)."""
+        from .kernels import cuda_probe
+
         n = g.size
+        if n == 0 or g.dtype not in _FLOATS:
+            return _reduce(g * g, "sum", dtype=np.float64) if n else _full((), 0.0, np.float64)
         out = _empty((), np.float64)
-        grid = r.sq_norm_blocks(n)
-        partial = _empty((grid,), np.float64)  # pooled: no allocation per call
-        ke = _k()
-        r.sq_norm_partials[grid, ke.TPB](g.buf[:n] if n != g.buf.shape[0] else g.buf, partial.buf)
-        r.sum_partials[1, ke.TPB](partial.buf, out.buf)
+        cuda_probe.sum_sq_into(g.buf if g.buf.shape[0] == n else g.buf[:n], result=out.buf, index=0)
         return out
 
     def __repr__(self):

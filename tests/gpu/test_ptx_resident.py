@@ -46,7 +46,6 @@ def _cases():
             out.append((f"{factory.__name__}[{kind},{A}->{OUT}]", factory(kind, ACC, OUT),
                         (OUT[:], A[:], tup(3), tup(3), tup(3), int64, int64, float64)))
     for T in (float32, float64):
-        out.append((f"sq_norm_partials[{T}]", rd.sq_norm_partials, (T[:], float64[:])))
         out.append((f"place[{T}]", rd.place_kernel(T), (T[:], T[:], T, T[:])))
         out.append((f"place_save[{T}]", rd.place_save_kernel(T), (T[:], T[:], T, T[:])))
         out.append((f"ce_forward[{T}]", rd.ce_forward_kernel(T), (T[:, :], int64[:], T, T[:])))
@@ -59,7 +58,6 @@ def _cases():
                     (T[:, :, :, :], *geom, T[:, :, :, :], int64[:, :, :, :])))
         out.append((f"max_pool_backward[{T}]", rd.max_pool_backward_kernel(T),
                     (T[:, :, :, :], int64[:, :, :, :], *geom, T[:, :, :, :])))
-    out.append(("sum_partials", rd.sum_partials, (float64[:], float64[:])))
     return out
 
 
