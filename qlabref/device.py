@@ -924,10 +924,6 @@ _FUNCTIONS = {np.transpose: _np_transpose, np.reshape: _np_reshape, np.expand_di
 
 
 # ------------------------------------------------------------------------------------ primitives
-def _as2d(a):
-    return a.buf[:a.size].reshape(a.shape) if a.size != a.buf.shape[0] else a.buf.reshape(a.shape)
-
-
 def _view(a):
     """The Numba device array of ``a``'s logical shape (a view of its buffer)."""
     if a.ndim == 0:
