@@ -1291,6 +1291,13 @@ def tensor_to(t, device):
     (``requires_grad`` kept), as ``torch.Tensor.to``."""
     from .tensor import Tensor
 
+    if not isinstance(device, str) or device.strip().lower() not in DEVICES:
+        try:
+            dt = np.dtype(device)  # t.to(np.float64): a cast, as torch.Tensor.to(dtype)
+        except TypeError:
+            dt = None
+        if dt is not None and not isinstance(device, str):
+            return t.astype(dt)
     device = check_device_name(device, "to")
     if (device == "cuda") == isinstance(t._data, DeviceArray):
         return t
