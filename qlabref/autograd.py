@@ -35,6 +35,13 @@ __all__ = [
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: set by ``qlabref.device`` once an array has gone to the GPU; until then ``apply`` never looks
+_device_active = False
+
+
+def _on_device(x) -> bool:
+    """A ``qlabref.device.DeviceArray`` (GPU-resident data), tested without importing the module."""
+    return getattr(type(x), "__qlabref_device__", False)
 
 
 class _Flags(threading.local):
@@ -181,6 +188,10 @@ class Function:
             tensors.append(x)
             arrays.append(x._data)
             flags.append(x.requires_grad)
+        if _device_active and any(_on_device(a) for a in arrays):
+            from .device import twin
+
+            cls = twin(cls)  # the device version where the op's NumPy code cannot run on the GPU
         ctx = Context()
         out = cls.forward(ctx, *arrays, **kwargs)
         if True in flags and _flags.grad_enabled:
@@ -260,6 +271,8 @@ def _accumulate_leaf(leaf, grad, adopted=None):
                 and grad.flags.writeable and id(grad) not in adopted):
             adopted.add(id(grad))
             leaf._grad = grad
+        elif _device_active and _on_device(grad):  # a GPU-resident gradient stays on the GPU
+            leaf._grad = grad.astype(dtype) if grad.dtype != dtype else grad.copy()  # device to device
         else:
             leaf._grad = np.array(grad, dtype=dtype, copy=True)
     else:
@@ -286,7 +299,13 @@ def backward(root, grad=None, retain_graph=False, _order=None):
         grad = np.ones_like(root_data)
         user_grad = None
     else:
-        grad = np.asarray(grad.data if hasattr(grad, "data") and not isinstance(grad, np.ndarray) else grad)
+        grad = grad.data if hasattr(grad, "data") and not isinstance(grad, np.ndarray) else grad
+        if _device_active and _on_device(root_data):
+            from .device import to_device
+
+            grad = to_device(grad)
+        else:
+            grad = np.asarray(grad)
         if grad.shape != root_data.shape:
             raise ValueError(f"backward: grad has shape {grad.shape}, the tensor has shape {root_data.shape}")
         grad = grad.astype(root_data.dtype, copy=False)
@@ -321,7 +340,7 @@ def backward(root, grad=None, retain_graph=False, _order=None):
             if pg is None or not parent.requires_grad:
                 continue
             shape = parent._data.shape
-            if type(pg) is not np.ndarray:
+            if type(pg) is not np.ndarray and not _on_device(pg):
                 pg = np.asarray(pg)
             if pg.shape != shape:
                 pg = unbroadcast(pg, shape)

@@ -21,6 +21,10 @@ Backends:
 - ``"cuda"``: matmul, im2col, col2im and the probe through the Numba CUDA kernels, NumPy arrays in
   and out (each call copies its operands to the device and the result back).
 
+Tensors moved to the GPU (``tensor.to("cuda")``, ``model.to("cuda")``) hold ``qlabref.device``
+arrays; every primitive routes those to the device primitives (``qlabref.device.DeviceBackend``)
+whatever backend is selected, so a resident step never leaves the GPU.
+
 The probe primitives are Numba kernels on the ``numpy`` and ``numba`` backends alike (one pass over
 memory, float64 accumulation, no float64 copy of the gradient), CUDA on ``cuda``.
 
@@ -44,10 +48,56 @@ DEFAULT_BACKEND = "numba"
 _ENV = "QLABREF_BACKEND"
 
 
+_PRIMITIVES = ("matmul", "im2col", "col2im", "probe", "probe_save", "sq_norm")
+
+
+#: turned on by ``qlabref.device`` when the first array goes to the GPU (``route_device_arrays``);
+#: until then the primitives run unwrapped, so a CPU-only process pays nothing for the device routing
+_ROUTING = {"on": False}
+
+
+def route_device_arrays():
+    """Route GPU-resident arrays from now on, in every backend class (those defined later too)."""
+    if _ROUTING["on"]:
+        return
+    _ROUTING["on"] = True
+    stack = [Backend]
+    while stack:
+        cls = stack.pop()
+        _route_device_arrays(cls)
+        stack.extend(cls.__subclasses__())
+
+
+def _route_device_arrays(cls):
+    """Wrap ``cls``'s primitives so that GPU-resident arrays (``qlabref.device.DeviceArray``, after
+    ``.to("cuda")``) go to the device primitives whatever backend is selected; host arrays are untouched."""
+    for name in _PRIMITIVES:
+        method = cls.__dict__.get(name)
+        if method is None or getattr(method, "_routes_device", False):
+            continue
+
+        def routed(self, first, *args, _method=method, _name=name, **kwargs):
+            if getattr(type(first), "__qlabref_device__", False):
+                from .device import BACKEND
+
+                return getattr(BACKEND, _name)(first, *args, **kwargs)
+            return _method(self, first, *args, **kwargs)
+
+        routed._routes_device = True
+        routed.__name__, routed.__doc__ = method.__name__, method.__doc__
+        setattr(cls, name, routed)
+    return cls
+
+
 class Backend:
     """The primitives; this base class is the NumPy oracle."""
 
     name = "numpy"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if _ROUTING["on"]:
+            _route_device_arrays(cls)
 
     def matmul(self, a, b):
         return np.matmul(a, b)

@@ -378,7 +378,7 @@ def _check_fits_model(qm, X, y, loss):
 
 def crosscheck(model, X, y, *, optimizer="qlabgrad", steps=20, batch_size=32, seed=0, dtype="float64",
                options=None, tol=None, loss="cross_entropy", torch_optimizer=None, device="cpu", model_name=None,
-               callback=None):
+               callback=None, backend=None):
     """Run the PyTorch loop and the qlabref loop side by side for ``steps`` steps (module docstring).
 
     ``model``: a ``torch.nn.Module`` (supported by ``qr.interop.from_torch``) or a qlabref model
@@ -386,7 +386,10 @@ def crosscheck(model, X, y, *, optimizer="qlabgrad", steps=20, batch_size=32, se
     arrays or torch tensors; ``y`` integer class labels for ``loss="cross_entropy"``), drawn in the
     order of ``qr.data.batches(X, y, batch_size, seed)``. ``dtype``: ``"float64"`` or ``"float32"`` for
     both sides (X is cast to it). ``options``: keyword arguments of the optimizer, on both sides.
-    ``callback(row)`` is called after every step. Returns a :class:`CrosscheckResult`.
+    ``callback(row)`` is called after every step. ``backend``: the qlabref backend of the reference
+    side (``"numpy"``, ``"numba"``, ``"cuda"``; default: the one in force). With ``"cuda"`` the
+    reference model and each minibatch live on the GPU (``qlabref.device``): the whole reference step
+    runs there and only the compared numbers come back. Returns a :class:`CrosscheckResult`.
     """
     import torch
 
@@ -400,6 +403,12 @@ def crosscheck(model, X, y, *, optimizer="qlabgrad", steps=20, batch_size=32, se
     tol = float(tol)
     check_device(device)
     X, y = check_inputs(X, y, steps=steps, batch_size=batch_size, seed=seed, dtype=dtype, loss=loss)
+    from . import backends
+
+    backend = backends.get_backend() if backend is None else backends._check_name(backend, "crosscheck")
+    if backend == "cuda" and (optimizer != "qlabgrad" or loss != "cross_entropy" or torch_optimizer is not None):
+        raise ValueError("crosscheck: backend='cuda' runs the reference side on the GPU for optimizer 'qlabgrad' "
+                         f"with the cross_entropy loss; got optimizer {optimizer!r}, loss {loss!r}")
     tloss, qloss = _loss_fns(loss)
     tm, qm = _make_models(model, dtype, device)
     _check_fits_model(qm, X, y, loss)
@@ -411,7 +420,11 @@ def crosscheck(model, X, y, *, optimizer="qlabgrad", steps=20, batch_size=32, se
     if drops and torch.device(device).type != "cpu":
         raise ValueError("crosscheck: a model with dropout can be compared only on the CPU (PyTorch's CUDA dropout "
                          "masks cannot be reproduced)")
-    with torch.random.fork_rng(devices=[]):
+    if backend == "cuda" and drops:
+        raise ValueError("crosscheck: backend='cuda' does not run dropout (its masks are drawn on the host)")
+    with torch.random.fork_rng(devices=[]), backends.use_backend(backend):
+        if backend == "cuda":
+            qm.to("cuda")  # the reference side's parameters, gradients and buffers now live on the GPU
         if drops:
             torch.manual_seed(seed)
             sampler = TorchDropoutSampler(torch.Generator().manual_seed(seed), _torch_dtype(torch, dtype))
@@ -440,6 +453,8 @@ def _loop(result_args, X, y, batch_size, seed, tm, qm, to, qo, tparams, qparams,
         xt, yt = torch.from_numpy(np.ascontiguousarray(xb)).to(device), torch.from_numpy(np.ascontiguousarray(yb))
         yt = yt.to(device)
         xq = Tensor(np.ascontiguousarray(xb))
+        if getattr(qparams[0], "device", "cpu") == "cuda":  # backend="cuda": the minibatch goes to the GPU
+            xq, yb = xq.to("cuda"), Tensor(np.ascontiguousarray(yb)).to("cuda")
 
         if forward_only:
             def tclosure():
@@ -467,9 +482,9 @@ def _loop(result_args, X, y, batch_size, seed, tm, qm, to, qo, tparams, qparams,
         row["d_probe_loss"] = _rel(row["probe_loss_torch"], row["probe_loss_ref"])
         row["d_alpha_star"] = _rel(row["alpha_star_torch"], row["alpha_star_ref"])
         row["d_lr"] = _rel(tlr, qlr)
-        row["d_params"] = _rel_arrays((p.detach().cpu().numpy(), q.data) for p, q in zip(tparams, qparams))
+        row["d_params"] = _rel_arrays((p.detach().cpu().numpy(), np.asarray(q.data)) for p, q in zip(tparams, qparams))
         tb, qb = dict(tm.named_buffers()), dict(qm.named_buffers())  # BatchNorm may replace its arrays
-        row["d_buffers"] = _rel_arrays((tb[a].detach().cpu().numpy(), qb[b]) for a, b in buffer_names)
+        row["d_buffers"] = _rel_arrays((tb[a].detach().cpu().numpy(), np.asarray(qb[b])) for a, b in buffer_names)
         result.rows.append(row)
         if callback is not None:
             callback(row)

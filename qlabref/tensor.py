@@ -18,6 +18,8 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 def _to_array(data, dtype=None) -> np.ndarray:
     if isinstance(data, Tensor):
         data = data.data
+    if getattr(type(data), "__qlabref_device__", False):  # GPU data stays on the GPU
+        return data if dtype is None or np.dtype(dtype) == data.dtype else data.astype(dtype)
     if dtype is not None:
         try:
             dt = np.dtype(dtype)
@@ -103,7 +105,8 @@ class Tensor:
     @classmethod
     def _from_op(cls, array, requires_grad):
         t = cls.__new__(cls)
-        t._data = array if isinstance(array, np.ndarray) else np.asarray(array)
+        t._data = array if isinstance(array, np.ndarray) or getattr(type(array), "__qlabref_device__", False) \
+            else np.asarray(array)
         t._grad = None
         t.requires_grad = requires_grad
         t._node = None
@@ -122,7 +125,7 @@ class Tensor:
     def data(self, value):
         if isinstance(value, Tensor):
             value = value._data
-        if not isinstance(value, np.ndarray):
+        if not isinstance(value, np.ndarray) and not getattr(type(value), "__qlabref_device__", False):
             value = _to_array(value)
         if value.dtype.kind not in "biuf":
             raise TypeError(f"data: a Tensor holds numbers (bool, integer or float), got an array of dtype {value.dtype}")
@@ -147,7 +150,7 @@ class Tensor:
         if value is not None:
             if isinstance(value, Tensor):
                 value = value._data
-            if not isinstance(value, np.ndarray):
+            if not isinstance(value, np.ndarray) and not getattr(type(value), "__qlabref_device__", False):
                 value = np.asarray(value)
             if value.dtype.kind != "f":
                 raise TypeError(f"grad: a gradient must be a float array, got dtype {value.dtype}")
@@ -180,12 +183,38 @@ class Tensor:
 
     def __repr__(self):
         extra = ", requires_grad=True" if self.requires_grad else ""
-        body = np.array2string(self.data, precision=6, separator=", ", prefix="tensor(")
+        if self.device == "cuda":
+            extra += ", device='cuda'"
+        body = np.array2string(np.asarray(self.data), precision=6, separator=", ", prefix="tensor(")
         return f"tensor({body}, dtype={self.data.dtype}{extra})"
 
     def numpy(self) -> np.ndarray:
-        """The data as an ndarray (the same memory, like ``torch.Tensor.numpy``)."""
+        """The data as an ndarray: the same memory on the CPU (like ``torch.Tensor.numpy``); for a
+        tensor on the GPU, a host copy (one device→host transfer)."""
+        if self.device == "cuda":
+            from .device import to_host
+
+            return to_host(self._data)
         return self.data
+
+    # ---------------------------------------------------------------- device boundary
+    @property
+    def device(self) -> str:
+        """``"cuda"`` when the data lives on the GPU (after ``.to("cuda")``), else ``"cpu"``."""
+        return "cuda" if getattr(type(self._data), "__qlabref_device__", False) else "cpu"
+
+    def to(self, device) -> "Tensor":
+        """``"cuda"`` / ``"cpu"``: this tensor if it is already there, else a new leaf with a copy of the
+        data (``requires_grad`` kept), as ``torch.Tensor.to``. One counted host↔device transfer."""
+        from .device import tensor_to
+
+        return tensor_to(self, device)
+
+    def cuda(self) -> "Tensor":
+        return self.to("cuda")
+
+    def cpu(self) -> "Tensor":
+        return self.to("cpu")
 
     def item(self) -> float:
         if self.data.size != 1:

@@ -80,7 +80,13 @@ def _cases(d):
         (["--data", ok, "--tol", "nan"], "--tol: must be a finite number"),
         (["--data", ok, "--lr", "-1", "--optimizer", "sgd"], "--lr: must be > 0"),
         (["--data", ok, "--optimizer", "sgd"], "--optimizer sgd needs --lr"),
+        (["--data", ok, "--backend", "cuda", "--optimizer", "sgd", "--lr", "0.1"],
+         "--backend cuda runs the reference side on the GPU for --optimizer qlabgrad only"),
     ]
+    from qlabref.kernels import launch
+
+    if not launch.cuda_status()[0]:
+        cases.append((["--data", ok, "--backend", "cuda"], "--backend cuda: device='cuda': "))
     try:
         import torch
 

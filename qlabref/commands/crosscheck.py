@@ -54,6 +54,9 @@ def add_arguments(parser):
     parser.add_argument("--tol", type=_args.positive_float, default=None,
                         help="tolerance (default 1e-9 float64, 1e-3 float32)")
     parser.add_argument("--device", default="cpu", help="device of the PyTorch side (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--backend", default=None, choices=["numpy", "numba", "cuda"],
+                        help="backend of the reference side (default: the one in force); cuda keeps the reference "
+                             "model and each minibatch on the GPU (qlabgrad only)")
     parser.add_argument("--limit", type=_args.bounded_int(0, None), default=2048,
                         help="use only the first LIMIT examples of the data (default 2048; 0 = all)")
     parser.add_argument("--out", default=None, help="folder for crosscheck.csv and crosscheck.png")
@@ -190,6 +193,7 @@ def run(args) -> int:
     except ImportError:
         raise UsageError("qlabref crosscheck needs PyTorch: pip install 'qlabref[torch]'") from None
     from ..crosscheck_torch import check_device, check_inputs, check_model_fits, crosscheck, plot
+    from ..kernels.launch import CudaUnavailableError
 
     if args.out:
         _check_out(args.out)
@@ -201,6 +205,17 @@ def run(args) -> int:
 
     if args.lr is None and args.optimizer not in QLAB_METHODS:
         raise UsageError(f"--optimizer {args.optimizer} needs --lr (a learning rate)")
+    if args.backend == "cuda":
+        if args.optimizer != "qlabgrad":
+            raise UsageError(f"--backend cuda runs the reference side on the GPU for --optimizer qlabgrad only, "
+                             f"got {args.optimizer}")
+        from .. import backends
+
+        try:
+            with backends.use_backend("cuda"):  # names the missing package or GPU before any data are loaded
+                pass
+        except CudaUnavailableError as e:
+            raise UsageError(f"--backend cuda: {_strip(str(e))}") from None
     model, model_name = _load_model(args.model)
     X, y, data_name = _load_data(args.data, args.model, args.limit, args.seed)
     try:
@@ -221,7 +236,8 @@ def run(args) -> int:
     options = {} if args.lr is None else {"lr": args.lr}
     dtypes = ["float64", "float32"] if args.dtype == "both" else [args.dtype]
     print(f"qlabref crosscheck: {model_name} on {data_name} ({len(X)} examples), {args.optimizer}, "
-          f"batch {args.batch_size}, seed {args.seed}, {args.steps} steps, PyTorch on {args.device}")
+          f"batch {args.batch_size}, seed {args.seed}, {args.steps} steps, PyTorch on {args.device}"
+          + (f", reference on the {args.backend} backend" if args.backend else ""))
     results = []
     for dt in dtypes:
         bar = None
@@ -232,8 +248,9 @@ def run(args) -> int:
         try:
             res = crosscheck(model, X, y, optimizer=args.optimizer, steps=args.steps, batch_size=args.batch_size,
                              seed=args.seed, dtype=dt, options=options, tol=args.tol, device=args.device,
-                             model_name=model_name, callback=(lambda row: bar.update(1)) if bar else None)
-        except (TypeError, ValueError) as e:
+                             model_name=model_name, callback=(lambda row: bar.update(1)) if bar else None,
+                             backend=args.backend)
+        except (TypeError, ValueError, CudaUnavailableError) as e:
             raise UsageError(_strip(str(e))) from None
         finally:
             if bar is not None:

@@ -97,8 +97,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm: eval mode needs running_mean and running_var")
-        mean = np.asarray(running_mean, dtype=xt.dtype)
-        var = np.asarray(running_var, dtype=xt.dtype)
+        if getattr(type(xt.data), "__qlabref_device__", False):  # GPU-resident: stay there
+            mean, var = running_mean.astype(xt.dtype, copy=False), running_var.astype(xt.dtype, copy=False)
+        else:
+            mean = np.asarray(running_mean, dtype=xt.dtype)
+            var = np.asarray(running_var, dtype=xt.dtype)
     affine = () if weight is None else (weight, bias)
     return nn_ops.BatchNorm.apply(xt, *affine, mean=mean, var=var, eps=eps, training=bool(training))
 

@@ -229,7 +229,7 @@ class Module:
         out = OrderedDict()
         for key, (m, name, kind) in self._state_targets().items():
             value = m._parameters[name].data if kind == "parameter" else m._buffers[name]
-            out[key] = np.array(value, copy=True)
+            out[key] = np.array(value, copy=True)  # a device array comes back as a host copy
         return out
 
     def _state_targets(self):
@@ -300,7 +300,12 @@ class Module:
 
     # ------------------------------------------------------------------ dtype
     def to(self, dtype):
-        """Cast every parameter and floating buffer to ``dtype`` (float32 or float64), in place."""
+        """Cast every parameter and floating buffer to ``dtype`` (float32 or float64), in place; or, with
+        ``"cuda"`` / ``"cpu"``, move them (and the gradients) to the GPU / back, in place."""
+        if isinstance(dtype, str) and dtype.strip().lower() in ("cuda", "cpu"):
+            from ..device import module_to
+
+            return module_to(self, dtype)
         dtype = np.dtype(dtype)
         if dtype not in _FLOATS:
             raise ValueError(f"{type(self).__name__}.to: dtype must be float32 or float64, got {dtype}")

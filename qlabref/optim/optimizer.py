@@ -293,6 +293,10 @@ class Optimizer:
             self.param_groups.append(group)
 
     # ------------------------------------------------------------------ parameters and gradients
+    #: True where step() computes ‖∇L‖² and raises NonFiniteLossError on a non-finite one before
+    #: changing anything (QLABGrad, find_plr): check_grads then skips its own pass over GPU gradients
+    _step_checks_grad_sq_norm = False
+
     def params(self):
         """All parameters, group by group, in order."""
         return [p for g in self.param_groups for p in g["params"]]
@@ -324,11 +328,20 @@ class Optimizer:
         One BLAS dot product g·g per gradient, the fastest full pass NumPy offers (a NaN/inf entry makes
         it non-finite; an overflow of finite entries is told apart by an exact ``isfinite`` check)."""
         owner = None
+        on_gpu = None  # Σ g² of the GPU-resident gradients, summed on the device: one scalar back
         for i, p in enumerate(self.params()):
             g = p._grad
             if g is None:
                 continue
             owner = type(self).__name__
+            if type(g) is not np.ndarray and getattr(type(g), "__qlabref_device__", False) and g.shape == p._data.shape:
+                if self._step_checks_grad_sq_norm:
+                    continue  # the step's own ‖∇L‖² (one pass, one scalar) raises on NaN/inf first
+                from ..device import BACKEND
+
+                s = BACKEND.sq_norm(g)
+                on_gpu = s if on_gpu is None else on_gpu + s
+                continue
             if not isinstance(g, np.ndarray) or g.shape != p.data.shape:
                 raise ValueError(f"{owner}: the .grad of parameter {i} is "
                                  f"{'an array of shape ' + str(g.shape) if isinstance(g, np.ndarray) else type(g).__name__}"
@@ -340,6 +353,10 @@ class Optimizer:
                 raise NonFiniteLossError(
                     f"{owner}: the gradient of parameter {i} (shape {p.data.shape}) has {bad} NaN/inf "
                     f"entr{'y' if bad == 1 else 'ies'}{at}; parameters and optimizer state unchanged")
+        if on_gpu is not None and not math.isfinite(float(on_gpu)):
+            at = "" if loss is None else f" although the loss is {loss!r}"
+            raise NonFiniteLossError(f"{owner}: a gradient on the GPU has NaN/inf entries{at}; parameters and "
+                                     "optimizer state unchanged")
 
     # ------------------------------------------------------------------ closure evaluation
     def _check_loss(self, loss, where):

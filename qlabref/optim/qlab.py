@@ -203,8 +203,8 @@ def _sq_norm(arrays) -> float:
             a64 = np.asarray(a, dtype=np.float64).ravel()
             total += float(np.dot(a64, a64))
         elif v.size:
-            total += be.sq_norm(v)
-    return total
+            total += be.sq_norm(v)  # on GPU-resident arrays: a device scalar, summed on the device
+    return float(total)  # one scalar back per step
 
 
 def _dot(xs, ys) -> float:
@@ -402,6 +402,8 @@ def _findplr_loops(g_at, g0, gsq, alpha0, max_evals, owner):
 class _FindPLRShell(Optimizer):
     """The base class's ``evaluate``/``probe`` for the standalone ``find_plr``."""
 
+    _step_checks_grad_sq_norm = True  # find_plr's ‖∇L‖² raises on NaN/inf before anything changes
+
 
 _FindPLRShell.__name__ = "find_plr"
 
@@ -476,6 +478,7 @@ class QLABGrad(Optimizer):
 
     #: atomic steps: θ is restored from the saved copy, global_state changes only after the probes
     _step_snapshot = "light"
+    _step_checks_grad_sq_norm = True  # ‖∇L‖² below raises on NaN/inf before anything changes
 
     def __init__(self, params, pre_lr=None, alpha0=DEFAULT_ALPHA0, findplr="once", max_evals=DEFAULT_MAX_EVALS,
                  max_lr=None, max_lr_factor=None):
