@@ -400,8 +400,12 @@ def measure(models, *, threads=1, batch=None, repeats=None, warmup=None, use_tor
 
         run["torch_optim"] = bench_torch_optim.measure(torch, models, batch=batch, repeats=repeats, warmup=warmup,
                                                        seed=seed, log=log)
-    if "gpu" in parts:
+    if "gpu" in parts:  # the kernels (bench_gpu), then one QLABGrad step of resident models (bench_gpu_models)
         run["gpu"] = measure_gpu(torch, log=log)
+        if run["gpu"].get("available"):
+            from . import bench_gpu_models
+
+            run["gpu_models"] = bench_gpu_models.measure_model_steps(log=log)
     run["loadavg_end"] = _loadavg()
     return run
 
@@ -692,6 +696,10 @@ def format_extras(runs):
 
             lines += [line[2:] if line.startswith("- ") else line
                       for line in bench_gpu.format_kernels(gpu) if line and not line.startswith("|")]
+        if run.get("gpu_models") is not None:
+            from . import bench_gpu_models
+
+            lines += bench_gpu_models.format_lines(run["gpu_models"])
     return lines
 
 
