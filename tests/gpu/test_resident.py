@@ -109,7 +109,9 @@ def assert_match(gpu, cpu, dtype):
 
 
 TOL = {"float64": 1e-12, "float32": 1e-5}
-TOL_STEP = {"float64": 1e-10, "float32": 1e-4}
+# float32 parameters after the steps: 3.5e-4 was seen in CI (a random seed where Eq. (10)'s cancellation
+# amplified float32 last-bit differences of the losses), hence 1e-3; a wrong kernel is off by O(1)
+TOL_STEP = {"float64": 1e-10, "float32": 1e-3}
 
 
 @pytest.mark.slow
