@@ -1,16 +1,16 @@
 """The CUDA kernels and backend, on whatever CUDA device there is: Numba's simulator or a real GPU.
 
-- Every test file here except ``test_ptx.py`` runs its kernels on a *CUDA device*: Numba's CUDA
+- Every test file here except the ``test_ptx*.py`` ones runs its kernels on a *CUDA device*: Numba's CUDA
   simulator (``NUMBA_ENABLE_CUDASIM=1``, set before Numba is imported; how CI runs them, small sizes)
   or, with the simulator off, a real GPU when ``numba.cuda.is_available()``. The same assertions hold
   on both: nothing here asserts a property only the simulator has (the probe's θ − α·g equals NumPy
   bit for bit on a GPU too: its kernels use explicitly rounded libdevice operations, no FMA).
   Without either they are skipped with that reason (``pytest tests`` lists them as skipped, never
   silently absent).
-- ``test_ptx.py`` compiles every kernel for real GPU targets with ``cuda.compile_ptx``, which needs
-  the simulator *off* (no GPU needed): ``pytest tests/gpu/test_ptx.py``.
+- ``test_ptx.py`` and ``test_ptx_resident.py`` compile every kernel for real GPU targets with
+  ``cuda.compile_ptx``, which needs the simulator *off* (no GPU needed): ``pytest tests/gpu/test_ptx*.py``.
 
-So CI runs ``NUMBA_ENABLE_CUDASIM=1 pytest tests/gpu`` and ``pytest tests/gpu/test_ptx.py``; on a
+So CI runs ``NUMBA_ENABLE_CUDASIM=1 pytest tests/gpu`` and ``pytest tests/gpu/test_ptx*.py``; on a
 machine with a GPU, ``pytest tests/gpu`` runs everything on the GPU.
 
 All need numba-cuda (``pip install 'qlabref[cuda]'``): without it they skip, or fail when
@@ -64,7 +64,7 @@ def pytest_collection_modifyitems(config, items):
         if "tests/gpu/" not in str(item.fspath).replace(os.sep, "/"):
             continue
         name = item.fspath.basename
-        if name == "test_ptx.py":
+        if name.startswith("test_ptx"):  # compile-only (test_ptx.py, test_ptx_resident.py): no device needed
             if SIM:
                 item.add_marker(pytest.mark.skip(reason=PTX_REASON))
         elif HAVE_NUMBA_CUDA and on_device() is None:
