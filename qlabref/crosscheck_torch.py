@@ -406,7 +406,7 @@ def crosscheck(model, X, y, *, optimizer="qlabgrad", steps=20, batch_size=32, se
     from . import backends
 
     backend = backends.get_backend() if backend is None else backends._check_name(backend, "crosscheck")
-    if backend == "cuda" and (optimizer != "qlabgrad" or loss != "cross_entropy" or torch_optimizer is not None):
+    if backend == "cuda" and (optimizer != "qlabgrad" or loss != "cross_entropy"):  # (torch_optimizer: the PyTorch side)
         raise ValueError("crosscheck: backend='cuda' runs the reference side on the GPU for optimizer 'qlabgrad' "
                          f"with the cross_entropy loss; got optimizer {optimizer!r}, loss {loss!r}")
     tloss, qloss = _loss_fns(loss)
