@@ -18,7 +18,7 @@ process with ``-arch=sm_XY -verbose`` and needs no GPU and no driver: its info l
   guide's limits (``LIMITS``).
 
 ``python -m qlabref.kernels.cuda_resources`` prints the table of the docs (every matmul
-configuration and storage order, the probe and ``place`` kernels, for sm_90 and sm_80).
+configuration (over its four storage orders), the probe and ``place`` kernels, for sm_90 and sm_80).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import contextlib
 import re
 
 __all__ = ["LIMITS", "REG_UNIT", "resource_reason", "ptxas_info", "target_cc", "compile_ptx",
-           "kernel_resources", "block_problems",
+           "kernel_resources", "block_problems", "blocks_per_sm",
            "matmul_rows", "probe_rows", "main"]
 
 #: per-thread, per-multiprocessor and per-block limits of compute capabilities 8.0 and 9.0 (CUDA C++
@@ -34,7 +34,9 @@ __all__ = ["LIMITS", "REG_UNIT", "resource_reason", "ptxas_info", "target_cc", "
 #: thread, a 64 K 32-bit register file per SM, 48 KiB of *static* shared memory per block (more
 #: needs dynamic shared memory and an opt-in), at most 1024 threads per block
 LIMITS = {"registers_per_thread": 255, "registers_per_sm": 65536, "static_smem_per_block": 48 * 1024,
-          "threads_per_block": 1024}
+          "threads_per_block": 1024, "threads_per_sm": 2048, "blocks_per_sm": 32}
+#: shared memory per multiprocessor, bytes (8.0: 164 KiB; 9.0: 228 KiB)
+SMEM_PER_SM = {(8, 0): 164 * 1024, (9, 0): 228 * 1024}
 #: registers are handed to warps in units of 256 (8 per thread): a kernel using r registers holds
 #: ceil(r / 8)·8 per thread
 REG_UNIT = 8
@@ -91,7 +93,7 @@ def ptxas_info(ptx, cc=(9, 0), options=()):
     """Resources of the single kernel (``.entry``) in ``ptx`` on sm_<cc>, from ptxas's report:
     ``registers`` (per thread), ``spill_stores``/``spill_loads`` and ``stack`` (bytes, summed over
     the kernel and any device function that was not inlined), ``smem`` (static shared memory per
-    block, bytes, including the 1 KiB the driver reserves per block on sm_80 and later),
+    block, bytes; for sm_90 ptxas counts the 1 KiB reserved per block in it, for sm_80 it does not),
     ``barriers`` and the raw ``log``. ``options``: more nvJitLink options (``"-maxrregcount=N"``)."""
     log = _assemble(ptx, cc, options)
     entries = re.findall(r"Compiling entry function '([^']+)'", log)
@@ -162,6 +164,16 @@ def block_problems(info, threads):
     return out
 
 
+def blocks_per_sm(info, threads, cc=(9, 0)):
+    """How many blocks of ``threads`` threads fit on one multiprocessor at once (occupancy), the
+    smallest of the register-file, thread, block and shared-memory limits."""
+    regs = -(-info["registers"] // REG_UNIT) * REG_UNIT * threads
+    limits = [LIMITS["registers_per_sm"] // regs, LIMITS["threads_per_sm"] // threads, LIMITS["blocks_per_sm"]]
+    if info["smem"]:
+        limits.append(SMEM_PER_SM[tuple(cc)] // info["smem"])
+    return min(limits)
+
+
 def matmul_rows(cc=(9, 0)):
     """(name, threads per block, ptxas_info) of every matmul kernel (config × dtype × storage order)."""
     from . import cuda_matmul as mm
@@ -184,19 +196,35 @@ def probe_rows(cc=(9, 0)):
             yield f"{kind}[{t}]", rd.TPB, kernel_resources(factory(t).py_func, (t[::1], t[::1], t, t[::1]), cc)
 
 
+def _span(values):
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
 def main():
-    """Print the resource table (markdown) for sm_90 and sm_80."""
+    """Print the resource table of the docs (markdown): matmul per dtype and configuration (the
+    range over the four storage orders), then the probe and place kernels, for sm_90 and sm_80."""
     reason = resource_reason()
     if reason:
         raise SystemExit(reason)
-    print("| kernel | sm_90 registers | sm_90 spill st/ld (B) | sm_80 registers | sm_80 spill st/ld (B) "
-          "| shared memory / block (B) | blocks/SM by registers (sm_90) |")
-    print("|---|---|---|---|---|---|---|")
-    for rows90, rows80 in ((matmul_rows((9, 0)), matmul_rows((8, 0))), (probe_rows((9, 0)), probe_rows((8, 0)))):
-        for (name, threads, a), (_, _, b) in zip(rows90, rows80):
-            per_block = -(-a["registers"] // REG_UNIT) * REG_UNIT * threads
-            print(f"| `{name}` | {a['registers']} | {a['spill_stores']}/{a['spill_loads']} | {b['registers']} | "
-                  f"{b['spill_stores']}/{b['spill_loads']} | {a['smem']} | {LIMITS['registers_per_sm'] // per_block} |")
+    rows = {}
+    for cc in ((9, 0), (8, 0)):
+        for name, threads, info in (*matmul_rows(cc), *probe_rows(cc)):
+            if name.startswith("matmul_rt["):
+                dt, cfg, _ = name[len("matmul_rt["):-1].split(",")
+                name = f"matmul {dt} {cfg}"
+            rows.setdefault(name, {}).setdefault(cc, []).append((threads, info))
+    print("| kernel | registers sm_90 | registers sm_80 | spill stores/loads | shared memory per block, sm_90 (B) "
+          "| blocks per SM (sm_90 / sm_80) |")
+    print("|---|---|---|---|---|---|")
+    for name, by_cc in rows.items():
+        infos = [i for v in by_cc.values() for _, i in v]
+        spills = {(i["spill_stores"], i["spill_loads"]) for i in infos}
+        spill = "0 / 0" if spills == {(0, 0)} else ", ".join(f"{a} / {b}" for a, b in sorted(spills))
+        occ = [_span([blocks_per_sm(i, t, cc) for t, i in by_cc[cc]]) for cc in ((9, 0), (8, 0))]
+        regs = [_span([i["registers"] for _, i in by_cc[cc]]) for cc in ((9, 0), (8, 0))]
+        smem = _span([i["smem"] for _, i in by_cc[(9, 0)]])
+        print(f"| {name} | {regs[0]} | {regs[1]} | {spill} | {smem} | {occ[0]} / {occ[1]} |")
 
 
 if __name__ == "__main__":
