@@ -31,8 +31,9 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float32, float64, int64
 
-from .launch import blocks
+from .cuda_devfuncs import nchw_index, window_start
 from .cuda_matmul import matmul_device
+from .launch import blocks
 
 __all__ = ["TPB", "PTX_KERNELS", "conv_out_hw", "im2col_device", "col2im_device", "conv2d_device",
            "conv2d_grad_input_device", "conv2d_grad_weight_device", "im2col_cuda", "col2im_cuda", "conv2d_cuda",
@@ -73,19 +74,15 @@ def make_col2im_kernel(dtype):
         h = gx.shape[2]
         w = gx.shape[3]
         if idx < nb * ch * h * w:
-            xx = idx % w
-            y = (idx // w) % h
-            c = (idx // (w * h)) % ch
-            n = idx // (w * h * ch)
+            n, c, y, xx = nchw_index(idx, ch, h, w)
             acc = dtype(0)
             for i in range(kh):
-                ty = y + ph - i  # = a·sH for the output row a that read this pixel at offset i
-                if ty >= 0 and ty % sh == 0 and ty // sh < oh:
-                    a = ty // sh
+                a = window_start(y, ph, i, sh, oh)  # the output row that read this pixel at offset i
+                if a >= 0:
                     for j in range(kw):
-                        tx = xx + pw - j
-                        if tx >= 0 and tx % sw == 0 and tx // sw < ow:
-                            acc += gcols[(n * oh + a) * ow + tx // sw, (c * kh + i) * kw + j]
+                        b = window_start(xx, pw, j, sw, ow)
+                        if b >= 0:
+                            acc += gcols[(n * oh + a) * ow + b, (c * kh + i) * kw + j]
             gx[n, c, y, xx] = acc
 
     return col2im
@@ -97,10 +94,7 @@ def rows_to_nchw(rows, oh, ow, y):
     nb = y.shape[0]
     oc = y.shape[1]
     if idx < nb * oc * oh * ow:
-        b = idx % ow
-        a = (idx // ow) % oh
-        o = (idx // (ow * oh)) % oc
-        n = idx // (ow * oh * oc)
+        n, o, a, b = nchw_index(idx, oc, oh, ow)
         y[n, o, a, b] = rows[(n * oh + a) * ow + b, o]
 
 

@@ -27,6 +27,8 @@ import math
 from numba import cuda
 from numba.core import config
 
+from .cuda_devfuncs import strided_offset
+
 __all__ = ["TPB", "MAX_BLOCKS", "SIM", "blocks_for", "zip_kernel", "map_kernel", "where_kernel", "gather_kernel",
            "scatter_kernel", "fill_kernel", "BINARY", "UNARY"]
 
@@ -265,20 +267,8 @@ def zip_kernel(name, T, OUT):
         i = cuda.grid(1)
         step = cuda.gridsize(1)
         while i < n:
-            ia = i
-            if not a_flat:
-                ia = a_off
-                rem = i
-                for d in range(len(shape) - 1, -1, -1):
-                    ia += (rem % shape[d]) * a_st[d]
-                    rem //= shape[d]
-            ib = i
-            if not b_flat:
-                ib = b_off
-                rem = i
-                for d in range(len(shape) - 1, -1, -1):
-                    ib += (rem % shape[d]) * b_st[d]
-                    rem //= shape[d]
+            ia = i if a_flat else strided_offset(i, a_off, shape, a_st)
+            ib = i if b_flat else strided_offset(i, b_off, shape, b_st)
             out[i] = OUT(f(T(a[ia]), T(b[ib])))
             i += step
 
@@ -314,7 +304,7 @@ def where_kernel(T):
     def where_(out, c, c_st, x, x_st, y, y_st, shape, n):
         i = cuda.grid(1)
         step = cuda.gridsize(1)
-        while i < n:
+        while i < n:  # one multi-index for three strided operands (its divisions done once)
             ic = 0
             ix = 0
             iy = 0
@@ -342,12 +332,7 @@ def gather_kernel(OUT):
         i = cuda.grid(1)
         step = cuda.gridsize(1)
         while i < n:
-            j = off
-            rem = i
-            for d in range(len(shape) - 1, -1, -1):
-                j += (rem % shape[d]) * st[d]
-                rem //= shape[d]
-            out[i] = OUT(src[j])
+            out[i] = OUT(src[strided_offset(i, off, shape, st)])
             i += step
 
     _CACHE[key] = k = cuda.jit(gather)
@@ -363,7 +348,7 @@ def scatter_kernel(OUT):
     def scatter(dst, off, st, src, s_st, shape, n):
         i = cuda.grid(1)
         step = cuda.gridsize(1)
-        while i < n:
+        while i < n:  # one multi-index for both views (its divisions done once)
             j = off
             k = 0
             rem = i

@@ -71,13 +71,69 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
     lag = 1 if prefetch else 0  # steps between a tile's global load and its multiply-adds
     load_phase = 1 if prefetch else 0  # load after (prefetch) or before storing the registers
 
+    @cuda.jit(device=True)
+    def slot_a(e):
+        """(kk, mm): where staging load ``e`` (0 ≤ e < BM·BK) of the block puts its element of A in
+        ``sa``. Neighbouring threads (neighbouring e) read neighbouring addresses of A as stored."""
+        if ta:  # stored K × M: neighbouring threads read neighbouring m
+            kk = e // bm
+            return kk, e - kk * bm
+        mm = e // bk  # stored M × K: neighbouring threads read neighbouring k
+        return e - mm * bk, mm
+
+    @cuda.jit(device=True)
+    def slot_b(e):
+        """(kk, nn): where staging load ``e`` puts its element of B in ``sb``."""
+        if tb:  # stored N × K
+            nn = e // bk
+            return e - nn * bk, nn
+        kk = e // bn  # stored K × N
+        return kk, e - kk * bn
+
+    @cuda.jit(device=True)
+    def load_a(a, gk, gm, k, m):
+        """A[gm, gk] read from A as stored (Aᵀ if ``ta``); zero outside the matrix."""
+        if gk < k and gm < m:
+            return a[gk, gm] if ta else a[gm, gk]
+        return dtype(0)
+
+    @cuda.jit(device=True)
+    def load_b(b, gk, gn, k, n):
+        """B[gk, gn] read from B as stored (Bᵀ if ``tb``); zero outside the matrix."""
+        if gk < k and gn < n:
+            return b[gn, gk] if tb else b[gk, gn]
+        return dtype(0)
+
+    @cuda.jit(device=True)
+    def multiply_tile(sa, sb, acc, ra, rb, tx, ty):
+        """One K step from shared memory: for each of the BK inner indices, TM values of A and TN
+        of B into registers, then the TM·TN multiply-adds into this thread's micro-tile ``acc``."""
+        for kk in range(bk):
+            for i in range(tm):
+                ra[i] = sa[kk, ty + THREADS * i]
+            for j in range(tn):
+                rb[j] = sb[kk, tx + THREADS * j]
+            for i in range(tm):
+                for j in range(tn):
+                    acc[i, j] += ra[i] * rb[j]
+
+    @cuda.jit(device=True)
+    def store_tile(c, acc, m0, n0, tx, ty):
+        """This thread's micro-tile into C (rows ty + 16·i, columns tx + 16·j), inside C only."""
+        for i in range(tm):
+            gm = m0 + ty + THREADS * i
+            if gm < c.shape[0]:
+                for j in range(tn):
+                    gn = n0 + tx + THREADS * j
+                    if gn < c.shape[1]:
+                        c[gm, gn] = acc[i, j]
+
     def matmul_rt_plain(a, b, c):
         sa = cuda.shared.array(sa_shape, dtype)
         sb = cuda.shared.array(sb_shape, dtype)
         acc = cuda.local.array((tm, tn), dtype)
         ra = cuda.local.array(tm, dtype)
         rb = cuda.local.array(tn, dtype)
-        zero = dtype(0)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         t = ty * THREADS + tx
@@ -88,55 +144,18 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
         n0 = cuda.blockIdx.x * bn
         for i in range(tm):
             for j in range(tn):
-                acc[i, j] = zero
+                acc[i, j] = dtype(0)
         for k0 in range(0, k, bk):
             for r in range(la):  # stage A[m0:m0+bm, k0:k0+bk] as sa[kk, mm]
-                e = t + r * _NT
-                if ta:  # stored K × M: neighbouring threads read neighbouring m
-                    kk = e // bm
-                    mm = e - kk * bm
-                    gk = k0 + kk
-                    gm = m0 + mm
-                    v = a[gk, gm] if gk < k and gm < m else zero
-                else:  # stored M × K: neighbouring threads read neighbouring k
-                    mm = e // bk
-                    kk = e - mm * bk
-                    gk = k0 + kk
-                    gm = m0 + mm
-                    v = a[gm, gk] if gk < k and gm < m else zero
-                sa[kk, mm] = v
+                kk, mm = slot_a(t + r * _NT)
+                sa[kk, mm] = load_a(a, k0 + kk, m0 + mm, k, m)
             for r in range(lb):  # stage B[k0:k0+bk, n0:n0+bn] as sb[kk, nn]
-                e = t + r * _NT
-                if tb:  # stored N × K
-                    nn = e // bk
-                    kk = e - nn * bk
-                    gk = k0 + kk
-                    gn = n0 + nn
-                    v = b[gn, gk] if gk < k and gn < n else zero
-                else:  # stored K × N
-                    kk = e // bn
-                    nn = e - kk * bn
-                    gk = k0 + kk
-                    gn = n0 + nn
-                    v = b[gk, gn] if gk < k and gn < n else zero
-                sb[kk, nn] = v
+                kk, nn = slot_b(t + r * _NT)
+                sb[kk, nn] = load_b(b, k0 + kk, n0 + nn, k, n)
             cuda.syncthreads()
-            for kk in range(bk):
-                for i in range(tm):
-                    ra[i] = sa[kk, ty + THREADS * i]
-                for j in range(tn):
-                    rb[j] = sb[kk, tx + THREADS * j]
-                for i in range(tm):
-                    for j in range(tn):
-                        acc[i, j] += ra[i] * rb[j]
+            multiply_tile(sa, sb, acc, ra, rb, tx, ty)
             cuda.syncthreads()
-        for i in range(tm):
-            gm = m0 + ty + THREADS * i
-            if gm < m:
-                for j in range(tn):
-                    gn = n0 + tx + THREADS * j
-                    if gn < n:
-                        c[gm, gn] = acc[i, j]
+        store_tile(c, acc, m0, n0, tx, ty)
 
     def matmul_rt(a, b, c):  # the pipelined variant
         sa = cuda.shared.array(sa_shape, dtype)
@@ -146,7 +165,6 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
         rb = cuda.local.array(tn, dtype)
         pa = cuda.local.array(la, dtype)  # this thread's staged elements of A and B
         pb = cuda.local.array(lb, dtype)
-        zero = dtype(0)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         t = ty * THREADS + tx
@@ -158,70 +176,29 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
         nk = (k + bk - 1) // bk
         for i in range(tm):
             for j in range(tn):
-                acc[i, j] = zero
+                acc[i, j] = dtype(0)
         for step in range(nk + lag):
             for phase in range(2):
                 if phase == load_phase and step < nk:  # global → registers, K step `step`
                     k0 = step * bk
                     for r in range(la):  # A[m0:m0+bm, k0:k0+bk]
-                        e = t + r * _NT
-                        if ta:  # stored K × M: neighbouring threads read neighbouring m
-                            kk = e // bm
-                            gk = k0 + kk
-                            gm = m0 + e - kk * bm
-                            pa[r] = a[gk, gm] if gk < k and gm < m else zero
-                        else:  # stored M × K: neighbouring threads read neighbouring k
-                            mm = e // bk
-                            gk = k0 + e - mm * bk
-                            gm = m0 + mm
-                            pa[r] = a[gm, gk] if gk < k and gm < m else zero
+                        kk, mm = slot_a(t + r * _NT)
+                        pa[r] = load_a(a, k0 + kk, m0 + mm, k, m)
                     for r in range(lb):  # B[k0:k0+bk, n0:n0+bn]
-                        e = t + r * _NT
-                        if tb:  # stored N × K
-                            nn = e // bk
-                            gk = k0 + e - nn * bk
-                            gn = n0 + nn
-                            pb[r] = b[gn, gk] if gk < k and gn < n else zero
-                        else:  # stored K × N
-                            kk = e // bn
-                            gk = k0 + kk
-                            gn = n0 + e - kk * bn
-                            pb[r] = b[gk, gn] if gk < k and gn < n else zero
+                        kk, nn = slot_b(t + r * _NT)
+                        pb[r] = load_b(b, k0 + kk, n0 + nn, k, n)
                 if phase == 0 and step >= lag:  # registers → shared memory (the step to multiply)
                     for r in range(la):
-                        e = t + r * _NT
-                        if ta:
-                            kk = e // bm
-                            sa[kk, e - kk * bm] = pa[r]
-                        else:
-                            mm = e // bk
-                            sa[e - mm * bk, mm] = pa[r]
+                        kk, mm = slot_a(t + r * _NT)
+                        sa[kk, mm] = pa[r]
                     for r in range(lb):
-                        e = t + r * _NT
-                        if tb:
-                            nn = e // bk
-                            sb[e - nn * bk, nn] = pb[r]
-                        else:
-                            kk = e // bn
-                            sb[kk, e - kk * bn] = pb[r]
+                        kk, nn = slot_b(t + r * _NT)
+                        sb[kk, nn] = pb[r]
                     cuda.syncthreads()
             if step >= lag:
-                for kk in range(bk):
-                    for i in range(tm):
-                        ra[i] = sa[kk, ty + THREADS * i]
-                    for j in range(tn):
-                        rb[j] = sb[kk, tx + THREADS * j]
-                    for i in range(tm):
-                        for j in range(tn):
-                            acc[i, j] += ra[i] * rb[j]
+                multiply_tile(sa, sb, acc, ra, rb, tx, ty)
                 cuda.syncthreads()
-        for i in range(tm):
-            gm = m0 + ty + THREADS * i
-            if gm < m:
-                for j in range(tn):
-                    gn = n0 + tx + THREADS * j
-                    if gn < n:
-                        c[gm, gn] = acc[i, j]
+        store_tile(c, acc, m0, n0, tx, ty)
 
     if not prefetch:  # the straight loop: fewer registers (float32 128×128: 128 instead of 145)
         matmul_rt_plain.__name__ = "matmul_rt"

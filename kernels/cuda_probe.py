@@ -21,9 +21,10 @@ kernel launch per probe: the launch overhead, about as long as the whole probe o
 paid once): each block's thread 0 stores its partial, ``threadfence``, and takes a ticket from an
 atomic counter; the block that takes the last ticket reads all partials (through atomic adds of 0.0,
 coherent in L2) and adds them with the same strided sums and tree, in the order of the block index,
-whichever block comes last, then resets the counter for the next call. The grid depends only on n
-(``grid_for``), never on the GPU, so the sum has the same bits on every run and every device. Only
-the counter's increments are atomic; no floating-point atomic changes the sum.
+whichever block comes last, then resets the counter for the next call (both stages are one device
+function, ``grid_total``, that the three kernels end with; the compiler inlines it). The grid
+depends only on n (``grid_for``), never on the GPU, so the sum has the same bits on every run and
+every device. Only the counter's increments are atomic; no floating-point atomic changes the sum.
 
 **Device-array entry points** (numba device arrays in, nothing copied; what the device-resident
 backend calls):
@@ -50,9 +51,11 @@ import numpy as np
 from numba import cuda, float32, float64, int32, int64
 from numba.core import config
 
+from .cuda_devfuncs import tree_sum
 from .launch import blocks
 
-__all__ = ["TPB", "MAX_BLOCKS", "PTX_KERNELS", "PROBE_PY_KERNELS", "ProbeWorkspace", "default_workspace",
+__all__ = ["TPB", "MAX_BLOCKS", "PTX_KERNELS", "PROBE_PY_KERNELS", "grid_total", "ProbeWorkspace",
+           "default_workspace",
            "grid_for", "probe_into", "probe_save_into", "sum_sq_into", "probe_device", "probe_cuda",
            "reference_tree_sum"]
 
@@ -77,150 +80,80 @@ else:
 _dmul, _dadd = _ROUNDED["float64"]
 
 
+@cuda.jit(device=True)
+def grid_total(sh, tid, acc, partial, counter, result, index):
+    """The two stages of the deterministic reduction, after each thread's grid-stride sum ``acc``:
+    the block's tree → ``partial[blockIdx]``; the block that takes the last ticket adds all partials
+    (strided sums, then the same tree) → ``result[index]`` and resets the counter. Called by every
+    thread of every block."""
+    sh[tid] = acc
+    tree_sum(sh, tid)
+    last = cuda.shared.array(1, int32)
+    if tid == 0:
+        partial[cuda.blockIdx.x] = sh[0]
+        cuda.threadfence()  # the partial is visible device-wide before the ticket is taken
+        last[0] = cuda.atomic.add(counter, 0, 1) == cuda.gridDim.x - 1
+    cuda.syncthreads()
+    if last[0]:  # uniform in the block
+        nparts = cuda.gridDim.x
+        acc = 0.0
+        i = tid
+        while i < nparts:
+            acc += cuda.atomic.add(partial, i, 0.0)  # a coherent (L2) read of another block's partial
+            i += TPB
+        sh[tid] = acc
+        tree_sum(sh, tid)
+        if tid == 0:
+            result[index] = sh[0]
+            counter[0] = 0  # ready for the next call
+
+
 def make_probe_kernels(dtype_name):
-    """The plain Python kernels (probe, probe_save, sum_sq) for one dtype, with its rounded ops."""
+    """The plain Python kernels (probe, probe_save, sum_sq) for one dtype, with its rounded ops. Each
+    is its own grid-stride loop (what it reads and writes per element) ending in :func:`grid_total`."""
     mul, add = _ROUNDED[dtype_name]
 
     def probe_blocks(theta, g, alpha, out, partial, counter, result, index):
         sh = cuda.shared.array(TPB, float64)
         tid = cuda.threadIdx.x
-        n = theta.shape[0]
         i = cuda.blockIdx.x * TPB + tid
         stride = cuda.gridDim.x * TPB
         acc = 0.0
-        while i < n:
+        while i < theta.shape[0]:
             gi = g[i]
             out[i] = add(theta[i], -mul(alpha, gi))  # Eq. (8): θ − α·g, two roundings, no FMA
             gd = float64(gi)
             acc = _dadd(acc, _dmul(gd, gd))  # Eq. (7): ‖∇L‖², in float64
             i += stride
-        sh[tid] = acc  # the block's tree: TPB/2, TPB/4, ..., 1 additions
-        cuda.syncthreads()
-        s = TPB // 2
-        while s > 0:
-            if tid < s:
-                sh[tid] += sh[tid + s]
-            cuda.syncthreads()
-            s //= 2
-        # stage 2, in the same launch: the last block to finish adds the partials in a fixed order
-        last = cuda.shared.array(1, int32)
-        if tid == 0:
-            partial[cuda.blockIdx.x] = sh[0]
-            cuda.threadfence()  # the partial is visible device-wide before the ticket is taken
-            last[0] = cuda.atomic.add(counter, 0, 1) == cuda.gridDim.x - 1
-        cuda.syncthreads()
-        if last[0]:  # uniform in the block
-            nparts = cuda.gridDim.x
-            acc = 0.0
-            i = tid
-            while i < nparts:
-                acc += cuda.atomic.add(partial, i, 0.0)  # a coherent (L2) read of another block's partial
-                i += TPB
-            sh[tid] = acc
-            cuda.syncthreads()
-            s = TPB // 2
-            while s > 0:
-                if tid < s:
-                    sh[tid] += sh[tid + s]
-                cuda.syncthreads()
-                s //= 2
-            if tid == 0:
-                result[index] = sh[0]
-                counter[0] = 0  # ready for the next call
+        grid_total(sh, tid, acc, partial, counter, result, index)
 
     def probe_save_blocks(theta, g, alpha, saved, partial, counter, result, index):
         sh = cuda.shared.array(TPB, float64)
         tid = cuda.threadIdx.x
-        n = theta.shape[0]
         i = cuda.blockIdx.x * TPB + tid
         stride = cuda.gridDim.x * TPB
         acc = 0.0
-        while i < n:
+        while i < theta.shape[0]:
             gi = g[i]
             ti = theta[i]
-            saved[i] = ti
+            saved[i] = ti  # Algorithm 1: the point to return to
             theta[i] = add(ti, -mul(alpha, gi))
             gd = float64(gi)
             acc = _dadd(acc, _dmul(gd, gd))
             i += stride
-        sh[tid] = acc  # the block's tree: TPB/2, TPB/4, ..., 1 additions
-        cuda.syncthreads()
-        s = TPB // 2
-        while s > 0:
-            if tid < s:
-                sh[tid] += sh[tid + s]
-            cuda.syncthreads()
-            s //= 2
-        # stage 2, in the same launch: the last block to finish adds the partials in a fixed order
-        last = cuda.shared.array(1, int32)
-        if tid == 0:
-            partial[cuda.blockIdx.x] = sh[0]
-            cuda.threadfence()  # the partial is visible device-wide before the ticket is taken
-            last[0] = cuda.atomic.add(counter, 0, 1) == cuda.gridDim.x - 1
-        cuda.syncthreads()
-        if last[0]:  # uniform in the block
-            nparts = cuda.gridDim.x
-            acc = 0.0
-            i = tid
-            while i < nparts:
-                acc += cuda.atomic.add(partial, i, 0.0)  # a coherent (L2) read of another block's partial
-                i += TPB
-            sh[tid] = acc
-            cuda.syncthreads()
-            s = TPB // 2
-            while s > 0:
-                if tid < s:
-                    sh[tid] += sh[tid + s]
-                cuda.syncthreads()
-                s //= 2
-            if tid == 0:
-                result[index] = sh[0]
-                counter[0] = 0  # ready for the next call
+        grid_total(sh, tid, acc, partial, counter, result, index)
 
     def sum_sq_blocks(g, partial, counter, result, index):
         sh = cuda.shared.array(TPB, float64)
         tid = cuda.threadIdx.x
-        n = g.shape[0]
         i = cuda.blockIdx.x * TPB + tid
         stride = cuda.gridDim.x * TPB
         acc = 0.0
-        while i < n:
+        while i < g.shape[0]:
             gd = float64(g[i])
             acc = _dadd(acc, _dmul(gd, gd))
             i += stride
-        sh[tid] = acc  # the block's tree: TPB/2, TPB/4, ..., 1 additions
-        cuda.syncthreads()
-        s = TPB // 2
-        while s > 0:
-            if tid < s:
-                sh[tid] += sh[tid + s]
-            cuda.syncthreads()
-            s //= 2
-        # stage 2, in the same launch: the last block to finish adds the partials in a fixed order
-        last = cuda.shared.array(1, int32)
-        if tid == 0:
-            partial[cuda.blockIdx.x] = sh[0]
-            cuda.threadfence()  # the partial is visible device-wide before the ticket is taken
-            last[0] = cuda.atomic.add(counter, 0, 1) == cuda.gridDim.x - 1
-        cuda.syncthreads()
-        if last[0]:  # uniform in the block
-            nparts = cuda.gridDim.x
-            acc = 0.0
-            i = tid
-            while i < nparts:
-                acc += cuda.atomic.add(partial, i, 0.0)  # a coherent (L2) read of another block's partial
-                i += TPB
-            sh[tid] = acc
-            cuda.syncthreads()
-            s = TPB // 2
-            while s > 0:
-                if tid < s:
-                    sh[tid] += sh[tid + s]
-                cuda.syncthreads()
-                s //= 2
-            if tid == 0:
-                result[index] = sh[0]
-                counter[0] = 0  # ready for the next call
+        grid_total(sh, tid, acc, partial, counter, result, index)
 
     return {"probe": probe_blocks, "probe_save": probe_save_blocks, "sum_sq": sum_sq_blocks}
 

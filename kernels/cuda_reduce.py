@@ -12,6 +12,10 @@
   gradient (softmax − one-hot)·scale, labels read on the device.
 - ``avg_pool_forward/backward``, ``max_pool_forward/backward``: one thread per output (forward) or
   per input element (backward, gathering the windows that cover it: no atomics, fixed order).
+
+The pieces these kernels share with the others (the shared-memory trees, NumPy's NaN-propagating
+maximum, strided offsets, NCHW indices, the window gather) are the device functions of
+``cuda_devfuncs``.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import math
 
 from numba import cuda, int64
 
+from .cuda_devfuncs import nan_max, nchw_index, strided_offset, tree_max, tree_sum, window_start
 from .cuda_elementwise import MAX_BLOCKS, SIM, TPB
 
 __all__ = ["reduce_kernel", "reduce_rows_kernel", "SHORT_ROW", "place_kernel", "log_softmax_rows_kernel",
@@ -54,47 +59,27 @@ def reduce_kernel(kind, ACC, OUT):
         tid = cuda.threadIdx.x
         row = cuda.blockIdx.x
         while row < nrows:  # the same row for every thread of the block: uniform control flow
-            base = 0
-            rem = row
-            for d in range(len(k_shape) - 1, -1, -1):
-                base += (rem % k_shape[d]) * strides[d]
-                rem //= k_shape[d]
+            base = strided_offset(row, 0, k_shape, strides)
             if is_max:
                 acc = ACC(-math.inf)
             else:
                 acc = ACC(0)
             j = tid
             while j < m:
-                off = base
-                rem = j
-                for d in range(len(r_shape) - 1, -1, -1):
-                    off += (rem % r_shape[d]) * strides[d]
-                    rem //= r_shape[d]
-                v = ACC(a[off])
+                v = ACC(a[strided_offset(j, base, r_shape, strides)])
                 if is_max:
-                    if v != v or v > acc:
-                        if acc == acc:
-                            acc = v
+                    acc = nan_max(acc, v)
                 else:
                     acc += v
                 j += TPB
             sh[tid] = acc
-            cuda.syncthreads()
-            s = TPB // 2
-            while s > 0:
-                if tid < s:
-                    if is_max:
-                        o = sh[tid + s]
-                        if (o != o or o > sh[tid]) and sh[tid] == sh[tid]:
-                            sh[tid] = o
-                    else:
-                        sh[tid] += sh[tid + s]
-                cuda.syncthreads()
-                s //= 2
-            if tid == 0:
-                if is_max:
+            if is_max:
+                tree_max(sh, tid)
+                if tid == 0:
                     out[row] = OUT(sh[0])
-                else:
+            else:
+                tree_sum(sh, tid)
+                if tid == 0:
                     out[row] = OUT(sh[0] / divisor)
             cuda.syncthreads()
             row += cuda.gridDim.x
@@ -115,25 +100,15 @@ def reduce_rows_kernel(kind, ACC, OUT):
         row = cuda.grid(1)
         step = cuda.gridsize(1)
         while row < nrows:
-            base = 0
-            rem = row
-            for d in range(len(k_shape) - 1, -1, -1):
-                base += (rem % k_shape[d]) * strides[d]
-                rem //= k_shape[d]
+            base = strided_offset(row, 0, k_shape, strides)
             if is_max:
                 acc = ACC(-math.inf)
             else:
                 acc = ACC(0)
             for j in range(m):
-                off = base
-                rem = j
-                for d in range(len(r_shape) - 1, -1, -1):
-                    off += (rem % r_shape[d]) * strides[d]
-                    rem //= r_shape[d]
-                v = ACC(a[off])
+                v = ACC(a[strided_offset(j, base, r_shape, strides)])
                 if is_max:
-                    if (v != v or v > acc) and acc == acc:
-                        acc = v
+                    acc = nan_max(acc, v)
                 else:
                     acc += v
             if is_max:
@@ -202,9 +177,7 @@ def log_softmax_rows_kernel(T):
         while r < x.shape[0]:
             m = x[r, 0]
             for j in range(1, c):
-                v = x[r, j]
-                if m == m and (v != v or v > m):
-                    m = v
+                m = nan_max(m, x[r, j])
             s = T(0)
             for j in range(c):
                 s += math.exp(x[r, j] - m)
@@ -238,13 +211,7 @@ def ce_forward_kernel(T):
                 acc += T(math.nan)
             i += TPB
         sh[tid] = acc
-        cuda.syncthreads()
-        s = TPB // 2
-        while s > 0:
-            if tid < s:
-                sh[tid] += sh[tid + s]
-            cuda.syncthreads()
-            s //= 2
+        tree_sum(sh, tid)
         if tid == 0:
             out[0] = -sh[0] * scale
 
@@ -270,17 +237,6 @@ def ce_backward_kernel(logp, labels, g, scale, out):
         i += step
 
 
-def _pool_out_index(i, c, oh, ow):
-    b = i % ow
-    a = (i // ow) % oh
-    ch = (i // (ow * oh)) % c
-    n = i // (ow * oh * c)
-    return n, ch, a, b
-
-
-_pool_out_index_dev = cuda.jit(device=True)(_pool_out_index)
-
-
 def avg_pool_forward_kernel(T):
     key = ("avg_f", T)
     if key in _CACHE:
@@ -294,7 +250,7 @@ def avg_pool_forward_kernel(T):
         h = x.shape[2]
         w = x.shape[3]
         while i < nb * c * oh * ow:
-            n, ch, a, b = _pool_out_index_dev(i, c, oh, ow)
+            n, ch, a, b = nchw_index(i, c, oh, ow)
             acc = T(0)
             cnt = 0
             for di in range(kh):
@@ -325,16 +281,14 @@ def avg_pool_backward_kernel(T):
         oh = g.shape[2]
         ow = g.shape[3]
         while i < nb * c * h * w:
-            n, ch, y, xx = _pool_out_index_dev(i, c, h, w)
+            n, ch, y, xx = nchw_index(i, c, h, w)
             acc = T(0)
             for di in range(kh):
-                ty = y + ph - di
-                if ty >= 0 and ty % sh == 0 and ty // sh < oh:
-                    a = ty // sh
+                a = window_start(y, ph, di, sh, oh)
+                if a >= 0:
                     for dj in range(kw):
-                        tx = xx + pw - dj
-                        if tx >= 0 and tx % sw == 0 and tx // sw < ow:
-                            b = tx // sw
+                        b = window_start(xx, pw, dj, sw, ow)
+                        if b >= 0:
                             if div > 0:
                                 d = T(div)
                             else:  # count_include_pad=False: the window's real elements
@@ -368,7 +322,7 @@ def max_pool_forward_kernel(T):
         h = x.shape[2]
         w = x.shape[3]
         while i < nb * c * oh * ow:
-            n, ch, a, b = _pool_out_index_dev(i, c, oh, ow)
+            n, ch, a, b = nchw_index(i, c, oh, ow)
             best = T(-math.inf)
             best_k = int64(-1)
             first_real = int64(-1)
@@ -406,16 +360,14 @@ def max_pool_backward_kernel(T):
         oh = g.shape[2]
         ow = g.shape[3]
         while i < nb * c * h * w:
-            n, ch, y, xx = _pool_out_index_dev(i, c, h, w)
+            n, ch, y, xx = nchw_index(i, c, h, w)
             acc = T(0)
             for di in range(kh):
-                ty = y + ph - di
-                if ty >= 0 and ty % sh == 0 and ty // sh < oh:
-                    a = ty // sh
+                a = window_start(y, ph, di, sh, oh)
+                if a >= 0:
                     for dj in range(kw):
-                        tx = xx + pw - dj
-                        if tx >= 0 and tx % sw == 0 and tx // sw < ow:
-                            b = tx // sw
+                        b = window_start(xx, pw, dj, sw, ow)
+                        if b >= 0:
                             if idx[n, ch, a, b] == di * kw + dj:
                                 acc += g[n, ch, a, b]
             gx[n, ch, y, xx] = acc
