@@ -59,8 +59,11 @@ __all__ = ["TPB", "MAX_BLOCKS", "PTX_KERNELS", "PROBE_PY_KERNELS", "grid_total",
            "grid_for", "probe_into", "probe_save_into", "sum_sq_into", "probe_device", "probe_cuda",
            "reference_tree_sum"]
 
-#: threads per block (a power of two: the tree reduction halves it)
-TPB = 256
+#: threads per block (a power of two: the tree reduction halves it). 256 on a GPU; 32 in Numba's
+#: simulator, which runs every thread as a Python thread (a 256-thread launch took 0.8 s there, most of
+#: CI's simulator time). The reduction order is fixed by TPB and the grid, and the tests replay it with
+#: ``reference_tree_sum``, which reads this TPB: the same assertions hold for either value.
+TPB = 32 if config.ENABLE_CUDASIM else 256
 #: at most this many blocks (about one full wave of 8 blocks per SM on a 132-SM H200); larger
 #: arrays are covered by the grid-stride loop. Fixed, so that the reduction order depends on n only.
 MAX_BLOCKS = 1024
