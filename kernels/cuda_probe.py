@@ -50,7 +50,7 @@ import numpy as np
 from numba import cuda, float32, float64, int32, int64
 from numba.core import config
 
-from .launch import blocks
+from .launch import blocks, count_launch
 
 __all__ = ["TPB", "MAX_BLOCKS", "PTX_KERNELS", "PROBE_PY_KERNELS", "ProbeWorkspace", "default_workspace",
            "grid_for", "probe_into", "probe_save_into", "sum_sq_into", "probe_device", "probe_cuda",
@@ -290,6 +290,7 @@ def _launch(kind, dtype, args, n, ws, result, index, max_blocks):
     if grid > ws.max_blocks:
         raise ValueError(f"cuda_probe: grid of {grid} blocks exceeds the workspace's {ws.max_blocks} partial slots")
     res = ws.result if result is None else result
+    count_launch(kind)
     _KERNELS[np.dtype(dtype).name][kind][grid, TPB](*args, ws.partial, ws.counter, res, index)
     return res
 
