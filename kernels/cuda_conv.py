@@ -33,7 +33,7 @@ from numba import cuda, float32, float64, int64
 
 from .cuda_devfuncs import nchw_index, window_start
 from .cuda_matmul import matmul_device
-from .launch import blocks
+from .launch import blocks, count_launch
 
 __all__ = ["TPB", "PTX_KERNELS", "conv_out_hw", "im2col_device", "col2im_device", "conv2d_device",
            "conv2d_grad_input_device", "conv2d_grad_weight_device", "im2col_cuda", "col2im_cuda", "conv2d_cuda",
@@ -148,6 +148,7 @@ def im2col_device(d_x, k, s, p, out_hw, out=None):
     n, c = d_x.shape[:2]
     rows, ncols = n * out_hw[0] * out_hw[1], c * k[0] * k[1]
     cols = _buffer(out, (rows, ncols), d_x.dtype, "out")
+    count_launch("im2col")
     _im2col[blocks(rows * ncols, TPB), TPB](d_x, k[0], k[1], s[0], s[1], p[0], p[1], out_hw[0], out_hw[1], cols)
     return cols
 
@@ -156,6 +157,7 @@ def col2im_device(d_gcols, x_shape, k, s, p, out_hw, out=None):
     """The adjoint of :func:`im2col_device`: (N·OH·OW, C·kH·kW) → NCHW ``x_shape``, gathered."""
     gx = _buffer(out, x_shape, d_gcols.dtype, "out")
     size = int(np.prod(x_shape))
+    count_launch("col2im")
     _col2im[np.dtype(d_gcols.dtype).name][blocks(size, TPB), TPB](d_gcols, k[0], k[1], s[0], s[1], p[0], p[1],
                                                                    out_hw[0], out_hw[1], gx)
     return gx
@@ -171,6 +173,7 @@ def rows_to_nchw_device(rows, n, out_hw, out=None):
     """(N·OH·OW, O) → (N, O, OH, OW) on the device."""
     oc = rows.shape[1]
     y = _buffer(out, (n, oc, out_hw[0], out_hw[1]), rows.dtype, "out")
+    count_launch("rows_to_nchw")
     _rows_to_nchw[blocks(y.size, TPB), TPB](rows, out_hw[0], out_hw[1], y)
     return y
 
@@ -179,6 +182,7 @@ def nchw_to_rows_device(g, out=None):
     """(N, O, OH, OW) → (N·OH·OW, O) on the device."""
     n, oc, oh, ow = g.shape
     rows = _buffer(out, (n * oh * ow, oc), g.dtype, "rows")
+    count_launch("nchw_to_rows")
     _nchw_to_rows[blocks(rows.size, TPB), TPB](g, oh, ow, rows)
     return rows
 

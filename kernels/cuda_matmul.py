@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float32, float64
 
-from .launch import blocks
+from .launch import blocks, count_launch
 
 __all__ = ["THREADS", "CONFIGS", "LARGE", "TILE", "ORDERS", "make_matmul_kernel", "MATMUL_KERNELS", "PTX_KERNELS",
            "choose_config", "matmul_into", "matmul_device", "matmul_cuda"]
@@ -259,6 +259,7 @@ def matmul_device(a, b, m, n, dtype, ta=False, tb=False, out=None, config=None):
     cfg = choose_config(m, n, dtype) if config is None else config
     tm, tn = CONFIGS[cfg][:2]
     grid = (blocks(n, THREADS * tn), blocks(m, THREADS * tm))
+    count_launch("matmul")
     MATMUL_KERNELS[np.dtype(dtype).name, cfg, bool(ta), bool(tb)][grid, (THREADS, THREADS)](a, b, c)
     return c
 

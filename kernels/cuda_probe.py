@@ -52,7 +52,7 @@ from numba import cuda, float32, float64, int32, int64
 from numba.core import config
 
 from .cuda_devfuncs import tree_sum
-from .launch import blocks
+from .launch import blocks, count_launch
 
 __all__ = ["TPB", "MAX_BLOCKS", "PTX_KERNELS", "PROBE_PY_KERNELS", "grid_total", "ProbeWorkspace",
            "default_workspace",
@@ -226,6 +226,7 @@ def _launch(kind, dtype, args, n, ws, result, index, max_blocks):
     if grid > ws.max_blocks:
         raise ValueError(f"cuda_probe: grid of {grid} blocks exceeds the workspace's {ws.max_blocks} partial slots")
     res = ws.result if result is None else result
+    count_launch(kind)
     _KERNELS[np.dtype(dtype).name][kind][grid, TPB](*args, ws.partial, ws.counter, res, index)
     return res
 

@@ -24,6 +24,9 @@ __all__ = [
     "check_device",
     "check_float",
     "blocks",
+    "LAUNCHES",
+    "count_launch",
+    "count_copy",
 ]
 
 DEVICES = ("cpu", "cuda")
@@ -122,3 +125,40 @@ def check_float(owner, **arrays):
 def blocks(n, per_block):
     """⌈n / per_block⌉, at least 1."""
     return max(1, (int(n) + per_block - 1) // per_block)
+
+
+# ------------------------------------------------------------------------------------ launch counts
+class _Launches:
+    """Kernel launches (and device-to-device copies) made through qlabref's CUDA entry points: the
+    kernel modules' ``*_device``/``*_into`` functions and ``qlabref.device``'s launches. Counted where
+    qlabref configures a launch (``kernel[grid, block]``), never inside Numba or its simulator, so a
+    count is the same on a GPU and in the simulator; device functions are not launches. A copy
+    (``cuMemcpyDtoD``) is not a kernel but costs a driver call as one does, so it is counted apart.
+    ``qlabref.device.count_launches()`` reads them per block."""
+
+    __slots__ = ("kernels", "copies", "by_name")
+
+    def __init__(self):
+        self.kernels = 0
+        self.copies = 0
+        self.by_name = {}  # name -> launches (copies under "copy_d2d")
+
+    def snapshot(self):
+        return self.kernels, self.copies, dict(self.by_name)
+
+
+LAUNCHES = _Launches()
+
+
+def count_launch(name):
+    """Record one kernel launch called ``name`` (call it where the launch is configured)."""
+    LAUNCHES.kernels += 1
+    by = LAUNCHES.by_name
+    by[name] = by.get(name, 0) + 1
+
+
+def count_copy():
+    """Record one device-to-device copy."""
+    LAUNCHES.copies += 1
+    by = LAUNCHES.by_name
+    by["copy_d2d"] = by.get("copy_d2d", 0) + 1

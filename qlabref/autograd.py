@@ -139,7 +139,7 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
     if axes:
         grad = grad.sum(axis=axes, keepdims=True)
-    return grad.reshape(shape)
+    return grad if grad.shape == shape else grad.reshape(shape)  # a fresh sum stays adoptable (no view)
 
 
 class Function:
@@ -262,8 +262,11 @@ def _accumulate_leaf(leaf, grad, adopted=None):
     array (owns its memory, writeable, the leaf's dtype) that a ``Function.backward`` returned and no
     other leaf took in this pass (``adopted``: their ids; Add hands one array to both inputs). Anything
     else is copied: a view (of a broadcast, a reshape, a flat buffer), the caller's ``backward(grad=...)``
-    array (``adopted`` is None), an array a second leaf would share. An existing ``.grad`` is added to in
-    place, so that a ``.grad`` which is a view into a flat buffer keeps being that view."""
+    array (``adopted`` is None), an array a second leaf would share. On the GPU the same rule holds for a
+    ``DeviceArray``: one that owns a pooled buffer (``_base`` None, ``_pooled``; made by the pass's
+    kernels) is adopted, a view (a reshape, a ``flat_view``) or an array another leaf took is copied
+    device to device. An existing ``.grad`` is added to in place, so that a ``.grad`` which is a view
+    into a flat buffer keeps being that view."""
     dtype = leaf._data.dtype
     current = leaf._grad
     if current is None:
@@ -272,7 +275,12 @@ def _accumulate_leaf(leaf, grad, adopted=None):
             adopted.add(id(grad))
             leaf._grad = grad
         elif _device_active and _on_device(grad):  # a GPU-resident gradient stays on the GPU
-            leaf._grad = grad.astype(dtype) if grad.dtype != dtype else grad.copy()  # device to device
+            if (adopted is not None and grad._base is None and grad._pooled and grad.dtype == dtype
+                    and id(grad) not in adopted):
+                adopted.add(id(grad))  # the same rule on the GPU: a fresh pooled array, no copy
+                leaf._grad = grad
+            else:
+                leaf._grad = grad.astype(dtype) if grad.dtype != dtype else grad.copy()  # device to device
         else:
             leaf._grad = np.array(grad, dtype=dtype, copy=True)
     else:

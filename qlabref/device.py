@@ -38,7 +38,8 @@ import numbers
 import numpy as np
 
 __all__ = ["DeviceArray", "DEVICES", "is_device", "to_device", "to_host", "TRAFFIC", "count_traffic",
-           "DeviceBackend", "BACKEND", "TWINS", "check_device_name", "tensor_to", "module_to", "empty_cache"]
+           "DeviceBackend", "BACKEND", "TWINS", "check_device_name", "tensor_to", "module_to", "empty_cache",
+           "count_launches", "flat_storage", "flat_view"]
 
 DEVICES = ("cpu", "cuda")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -140,6 +141,39 @@ def _count(direction, shape, nbytes):
         TRAFFIC.log.append((direction, tuple(shape), int(nbytes)))
 
 
+# ------------------------------------------------------------------------------------ launches
+def _count_launch(name):
+    from .kernels.launch import count_launch
+
+    count_launch(name)
+
+
+def _count_copy():
+    from .kernels.launch import count_copy
+
+    count_copy()
+
+
+@contextlib.contextmanager
+def count_launches():
+    """``with count_launches() as rec: ...``: ``rec`` gets ``kernels`` (kernel launches made inside the
+    block through qlabref's CUDA code: this module and the kernel modules' entry points), ``copies``
+    (device-to-device copies) and ``by_name`` (launches per kernel name, copies as ``"copy_d2d"``).
+    Counted where qlabref configures a launch, so the same on a GPU and in the simulator (the
+    simulator's internals are not counted; device functions are not launches)."""
+    from .kernels.launch import LAUNCHES
+
+    rec = {}
+    k0, c0, by0 = LAUNCHES.snapshot()
+    try:
+        yield rec
+    finally:
+        k1, c1, by1 = LAUNCHES.snapshot()
+        rec["kernels"] = k1 - k0
+        rec["copies"] = c1 - c0
+        rec["by_name"] = {k: v - by0.get(k, 0) for k, v in sorted(by1.items()) if v - by0.get(k, 0)}
+
+
 # ------------------------------------------------------------------------------------ helpers
 def is_device(x) -> bool:
     return isinstance(x, DeviceArray)
@@ -157,8 +191,10 @@ def _prod(shape):
     return math.prod(int(n) for n in shape)
 
 
-def _launch(kernel, n):
+def _launch(kernel, n, name):
+    """``kernel`` configured for ``n`` threads (one per element), counted as one launch of ``name``."""
     k = _k()
+    _count_launch(name)
     return kernel[k.blocks_for(n), k.TPB]
 
 
@@ -175,6 +211,10 @@ _POOL = {}
 #: the next array of that size would get freed memory (on a GPU: ``ReferenceError: weakly-referenced
 #: object no longer exists`` in OwnedPointer, ``CUDA_ERROR_INVALID_VALUE`` from cuMemcpyDtoH, then
 #: ``CUDA_ERROR_ILLEGAL_ADDRESS``). Held here, a pooled buffer is never part of such garbage.
+#: Views never return a buffer: a reshape shares its owner's ``buf``, a ``flat_view`` (each parameter
+#: and gradient after ``Module.flat_parameters()`` / ``flat_grads()`` on the GPU) holds a Numba slice
+#: ``buf[a:b]`` of it (same memory); both have ``_pooled`` False and keep the owner in ``_base``, so the
+#: owner (the only pooled one) dies, and its buffer goes back to the pool, only after every view died.
 _OWNED = {}
 
 
@@ -204,10 +244,33 @@ def _empty(shape, dtype):
     return out
 
 
+def flat_storage(n, dtype, zero=False):
+    """A 1-D pooled device array of ``n`` elements (zeros with ``zero``): the owner that ``flat_view``
+    views share (``Module.flat_parameters()`` / ``flat_grads()`` on the GPU)."""
+    return _full((int(n),), 0, dtype) if zero else _empty((int(n),), dtype)
+
+
+def flat_view(flat, offset, shape):
+    """Elements ``[offset, offset + prod(shape))`` of the 1-D owner ``flat`` as an array of ``shape``
+    that shares its memory (a Numba device slice of ``flat.buf``; ``_base`` keeps ``flat`` alive, see
+    ``_OWNED``). A write through the view is a write into ``flat`` and back."""
+    if not isinstance(flat, DeviceArray) or flat._base is not None or flat.ndim != 1:
+        raise AssertionError("flat_view: the owner must be a 1-D device array that owns its buffer")
+    shape = tuple(int(k) for k in shape)
+    n, offset = _prod(shape), int(offset)
+    if offset < 0 or offset + n > flat.size:
+        raise AssertionError(f"flat_view: elements {offset}..{offset + n} outside a buffer of {flat.size}")
+    lo = min(offset, flat.buf.shape[0] - 1)  # an empty view still holds one element (never read)
+    out = DeviceArray(flat.buf[lo:lo + max(n, 1)], shape, flat.dtype)
+    out._base = flat
+    out._offset = offset
+    return out
+
+
 def _full(shape, value, dtype):
     out = _empty(shape, dtype)
     n = out.buf.shape[0]
-    _launch(_k().fill_kernel(nbtype(out.dtype)), n)(out.buf, value, n)
+    _launch(_k().fill_kernel(nbtype(out.dtype)), n, "fill")(out.buf, value, n)
     return out
 
 
@@ -375,7 +438,7 @@ def _binary(name, a, b, out=None):
     flat_a = tuple(da.shape) == tuple(shape)
     flat_b = tuple(db.shape) == tuple(shape)
     kern = _k().zip_kernel(name, nbtype(T), nbtype(out_dt))
-    _launch(kern, n)(out.buf, da.buf, 0, st_a, flat_a, db.buf, 0, st_b, flat_b, kshape, n)
+    _launch(kern, n, "zip_" + name)(out.buf, da.buf, 0, st_a, flat_a, db.buf, 0, st_b, flat_b, kshape, n)
     return out
 
 
@@ -399,7 +462,7 @@ def _unary(name, a, out=None):
         out._range = None
     n = a.size
     if n:
-        _launch(_k().map_kernel(name, nbtype(T), nbtype(out_dt)), n)(out.buf, a.buf, n)
+        _launch(_k().map_kernel(name, nbtype(T), nbtype(out_dt)), n, "map_" + name)(out.buf, a.buf, n)
     return out
 
 
@@ -429,7 +492,7 @@ def _gather(src, offset, shape, strides, dtype=None):
         _check_extent("gather", src.size, offset, shape, strides)
         ks = _kshape(shape)
         st = tuple(int(s) for s in strides) or (0,)
-        _launch(_k().gather_kernel(nbtype(out.dtype)), n)(out.buf, src.buf, int(offset), st, ks, n)
+        _launch(_k().gather_kernel(nbtype(out.dtype)), n, "gather")(out.buf, src.buf, int(offset), st, ks, n)
     return out
 
 
@@ -482,10 +545,11 @@ def _reduce(a, kind, axis=None, keepdims=False, dtype=None):
     rows = REDUCE_MODE == "rows" or (REDUCE_MODE == "auto" and (m <= r.SHORT_ROW or ke.SIM))
     if rows:  # one thread per output element
         kern = r.reduce_rows_kernel(op, nbtype(acc), nbtype(out_dt))
-        _launch(kern, nrows)(out.buf, a.buf, k_shape, r_shape, strides, nrows, m, divisor)
+        _launch(kern, nrows, "reduce_rows")(out.buf, a.buf, k_shape, r_shape, strides, nrows, m, divisor)
     else:  # one block per output element, a shared-memory tree
         kern = r.reduce_kernel(op, nbtype(acc), nbtype(out_dt))
         grid = max(1, min(nrows, ke.MAX_BLOCKS))
+        _count_launch("reduce_block")
         kern[grid, ke.TPB](out.buf, a.buf, k_shape, r_shape, strides, nrows, m, divisor)
     return out
 
@@ -503,11 +567,10 @@ class DeviceArray:
     element), ``shape``/``dtype`` the logical view. Views made by ``reshape``/``ravel`` share ``buf``;
     everything else makes a new array."""
 
-    __slots__ = ("buf", "shape", "dtype", "_range", "_pooled", "_base", "__weakref__")
+    __slots__ = ("buf", "shape", "dtype", "_range", "_pooled", "_base", "_offset", "__weakref__")
     __qlabref_device__ = True  # what autograd/tensor test for (they never import this module)
     __array_priority__ = 1000
     flags = _Flags()
-    base = None
     device = "cuda"
 
     def __init__(self, buf, shape, dtype):
@@ -517,6 +580,14 @@ class DeviceArray:
         self._range = None
         self._pooled = False  # True: ``buf`` goes back to the pool when this owner dies
         self._base = None  # the owner of ``buf`` for a view (keeps it, and so the buffer, alive)
+        self._offset = 0  # a view's first element in its owner's buffer (``flat_view``; 0 for reshapes)
+
+    @property
+    def base(self):
+        """The array whose memory this one views (NumPy's ``.base``: None for an array that owns its
+        buffer). The optimizers and the engine read it as on the host: a view is zeroed in place
+        rather than dropped, and is never adopted as a gradient."""
+        return self._base
 
     def __del__(self):
         # Only a buffer the pool still owns goes back (always the case, unless the interpreter is
@@ -601,6 +672,7 @@ class DeviceArray:
             raise ValueError(f"cannot reshape array of size {self.size} into shape {shape}")
         out = DeviceArray(self.buf, shape, self.dtype)
         out._base = self if self._base is None else self._base
+        out._offset = self._offset
         return out
 
     def ravel(self):
@@ -629,6 +701,7 @@ class DeviceArray:
 
     def copy(self):
         out = _empty(self.shape, self.dtype)
+        _count_copy()
         out.buf.copy_to_device(self.buf)  # device to device
         return out
 
@@ -672,10 +745,11 @@ class DeviceArray:
             else:
                 scalar = v.reshape(-1)[0] if isinstance(v, np.ndarray) else v
                 if whole:
-                    _launch(_k().fill_kernel(nbtype(self.dtype)), n)(self.buf, scalar, n)
+                    _launch(_k().fill_kernel(nbtype(self.dtype)), n, "fill")(self.buf, scalar, n)
                     return
                 value = _const(scalar, self.dtype)
         if whole and value.shape == self.shape and value.dtype == self.dtype:
+            _count_copy()
             self.buf.copy_to_device(value.buf)
             return
         shape = tuple(shape)
@@ -693,7 +767,7 @@ class DeviceArray:
         ks = _kshape(shape)
         st = tuple(int(s) for s in strides) or (0,)
         src_st = _bstrides(value.shape, ks) if value.shape else (0,) * len(ks)
-        _launch(_k().scatter_kernel(nbtype(self.dtype)), n)(self.buf, int(offset), st, value.buf, src_st, ks, n)
+        _launch(_k().scatter_kernel(nbtype(self.dtype)), n, "scatter")(self.buf, int(offset), st, value.buf, src_st, ks, n)
 
     # ------------------------------------------------------------------ NumPy protocols
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
@@ -846,7 +920,7 @@ def _np_where(cond, x, y):
             return _bstrides(d.shape, ks) if real and d.shape else (0,) * len(ks)
 
         kern = _k().where_kernel(nbtype(T))
-        _launch(kern, n)(out.buf, dc.buf, st(dc, isinstance(c, DeviceArray)), dx.buf, st(dx, isinstance(xs, DeviceArray)),
+        _launch(kern, n, "where")(out.buf, dc.buf, st(dc, isinstance(c, DeviceArray)), dx.buf, st(dx, isinstance(xs, DeviceArray)),
                          dy.buf, st(dy, isinstance(ys, DeviceArray)), ks, n)
     return out
 
@@ -931,9 +1005,10 @@ def _view(a):
     return a.buf.reshape(a.shape)
 
 
-def _mm(a, b, ta=False, tb=False):
+def _mm(a, b, ta=False, tb=False, shape=None):
     """C = op(A)·op(B) on device arrays. ``ta``/``tb``: the array passed is the transpose of the operand
-    (read in place, no transposed copy)."""
+    (read in place, no transposed copy). ``shape``: the result's shape when not (m, n) (same elements;
+    an array that owns its buffer, not a reshaped view, so that backward can adopt it as a ``.grad``)."""
     from .kernels import cuda_matmul
 
     m = a.shape[1] if ta else a.shape[0]
@@ -944,12 +1019,14 @@ def _mm(a, b, ta=False, tb=False):
         raise ValueError(f"matmul: shapes {a.shape}{'ᵀ' if ta else ''} and {b.shape}{'ᵀ' if tb else ''} are not aligned")
     if a.dtype != b.dtype:
         raise TypeError(f"matmul: device operands must have one dtype, got {a.dtype} and {b.dtype}")
-    out = _empty((m, n), a.dtype)
+    if shape is not None and _prod(shape) != m * n:
+        raise AssertionError(f"matmul: a result of shape {(m, n)} cannot be stored as shape {tuple(shape)}")
+    out = _empty((m, n) if shape is None else shape, a.dtype)
     if m and n:
         if k == 0:
             out[...] = 0
         else:
-            cuda_matmul.matmul_device(_view(a), _view(b), m, n, a.dtype, ta, tb, out=_view(out))
+            cuda_matmul.matmul_device(_view(a), _view(b), m, n, a.dtype, ta, tb, out=out.buf.reshape((m, n)))
     return out
 
 
@@ -988,14 +1065,14 @@ class DeviceBackend:
         n = theta.size
         if n:
             T = nbtype(theta.dtype)
-            _launch(_r().place_kernel(T), n)(theta.buf, g.buf, theta.dtype.type(alpha), out.buf)
+            _launch(_r().place_kernel(T), n, "place")(theta.buf, g.buf, theta.dtype.type(alpha), out.buf)
         return None
 
     def probe_save(self, theta, g, alpha, saved):
         n = theta.size
         if n:
             T = nbtype(theta.dtype)
-            _launch(_r().place_save_kernel(T), n)(theta.buf, g.buf, theta.dtype.type(alpha), saved.buf)
+            _launch(_r().place_save_kernel(T), n, "place_save")(theta.buf, g.buf, theta.dtype.type(alpha), saved.buf)
         return None
 
     def sq_norm(self, g):
@@ -1127,7 +1204,7 @@ def _make_twins():
             g2 = g.transpose(0, 2, 3, 1).reshape(-1, o)  # (N·OH·OW, O)
             gx = gw = gb = None
             if need[1]:
-                gw = _mm(g2, cols, ta=True).reshape(w.shape)  # gᵀ·cols
+                gw = _mm(g2, cols, ta=True, shape=w.shape)  # gᵀ·cols
             if need[0]:
                 gcols = _mm(g2, w.reshape(o, -1))
                 gx = BACKEND.col2im(gcols, x_shape, k, s, p, out_hw)
@@ -1144,7 +1221,7 @@ def _make_twins():
             out = _empty((*x.shape[:2], *out_hw), x.dtype)
             n = out.size
             kern = _r().avg_pool_forward_kernel(nbtype(x.dtype))
-            _launch(kern, n)(_view(x), k[0], k[1], s[0], s[1], p[0], p[1], div, _view(out))
+            _launch(kern, n, "avg_pool_forward")(_view(x), k[0], k[1], s[0], s[1], p[0], p[1], div, _view(out))
             ctx.geom = (x.shape, k, s, p, div)
             return out
 
@@ -1153,7 +1230,7 @@ def _make_twins():
             x_shape, k, s, p, div = ctx.geom
             gx = _empty(x_shape, g.dtype)
             kern = _r().avg_pool_backward_kernel(nbtype(g.dtype))
-            _launch(kern, gx.size)(_view(g), k[0], k[1], s[0], s[1], p[0], p[1], div, _view(gx))
+            _launch(kern, gx.size, "avg_pool_backward")(_view(g), k[0], k[1], s[0], s[1], p[0], p[1], div, _view(gx))
             return (gx,)
 
     class DMaxPool2d(nn_ops.MaxPool2d):
@@ -1163,7 +1240,7 @@ def _make_twins():
             out = _empty((*x.shape[:2], *out_hw), x.dtype)
             idx = _empty(out.shape, np.int64)
             kern = _r().max_pool_forward_kernel(nbtype(x.dtype))
-            _launch(kern, out.size)(_view(x), k[0], k[1], s[0], s[1], p[0], p[1], _view(out), _view(idx))
+            _launch(kern, out.size, "max_pool_forward")(_view(x), k[0], k[1], s[0], s[1], p[0], p[1], _view(out), _view(idx))
             ctx.save(idx)
             ctx.geom = (x.shape, k, s, p)
             return out
@@ -1174,7 +1251,7 @@ def _make_twins():
             x_shape, k, s, p = ctx.geom
             gx = _empty(x_shape, g.dtype)
             kern = _r().max_pool_backward_kernel(nbtype(g.dtype))
-            _launch(kern, gx.size)(_view(g), _view(idx), k[0], k[1], s[0], s[1], p[0], p[1], _view(gx))
+            _launch(kern, gx.size, "max_pool_backward")(_view(g), _view(idx), k[0], k[1], s[0], s[1], p[0], p[1], _view(gx))
             return (gx,)
 
     class DCrossEntropy(core.CrossEntropy):
@@ -1209,12 +1286,13 @@ def _make_twins():
                     labels = to_device(labels)
             logp = _empty(logits.shape, logits.dtype)  # log-softmax of the rows, one fused kernel
             if logp.size:
-                _launch(_r().log_softmax_rows_kernel(nbtype(logits.dtype)), n)(_view(logits), _view(logp))
+                _launch(_r().log_softmax_rows_kernel(nbtype(logits.dtype)), n, "log_softmax_rows")(_view(logits), _view(logp))
             ctx.save(logp, labels)
             ctx.scale = 1.0 / n if reduction == "mean" else 1.0
             out = _empty((), logits.dtype)
             T = nbtype(logits.dtype)
             if n:
+                _count_launch("ce_forward")
                 _r().ce_forward_kernel(T)[1, _k().TPB](_view(logp), labels.buf, logits.dtype.type(ctx.scale), out.buf)
             else:
                 out[...] = 0
@@ -1225,7 +1303,7 @@ def _make_twins():
             logp, labels = ctx.saved
             out = _empty(logp.shape, logp.dtype)
             if out.size:
-                _launch(_r().ce_backward_kernel, out.size)(_view(logp), labels.buf, g.buf, logp.dtype.type(ctx.scale),
+                _launch(_r().ce_backward_kernel, out.size, "ce_backward")(_view(logp), labels.buf, g.buf, logp.dtype.type(ctx.scale),
                                                            _view(out))
             return (out,)
 

@@ -209,9 +209,14 @@ class Module:
         """Reset every parameter's gradient, as ``torch.nn.Module.zero_grad`` (≥ 2.0): ``set_to_none=True``
         (the default) drops it, and the next backward assigns it without a zero-fill or ``+=``; after
         ``flat_grads()``, or with ``set_to_none=False``, it is zeroed in place (views stay views)."""
-        for p in self.parameters():
+        ps = self.parameters()
+        flat = self.__dict__.get("_flat_grads")
+        if flat is not None and all(p.grad is not None and _views(p.grad, flat) for p in ps):
+            flat[...] = 0  # every gradient views the buffer: one fill (one launch on the GPU)
+            return
+        for p in ps:
             if p.grad is not None:
-                if set_to_none and "_flat_grads" not in self.__dict__:
+                if set_to_none and flat is None:
                     p.grad = None
                 else:
                     p.grad[...] = 0
@@ -339,44 +344,44 @@ class Module:
         dtypes = {p.data.dtype for p in ps}
         if len(dtypes) != 1:
             raise ValueError(f"{type(self).__name__}.{what}: parameters have mixed dtypes {sorted(map(str, dtypes))}")
-        return ps, dtypes.pop()
+        on_gpu = {_on_gpu(p.data) for p in ps}
+        if len(on_gpu) != 1:
+            raise ValueError(f"{type(self).__name__}.{what}: some parameters are on the GPU and some on the CPU; "
+                             "move the whole module with .to('cuda') or .to('cpu') first")
+        return ps, dtypes.pop(), on_gpu.pop()
 
-    def flat_parameters(self) -> np.ndarray:
+    def flat_parameters(self):
         """One contiguous 1-D array holding every parameter; each ``p.data`` becomes a view into it.
 
         Calling it again returns the same buffer while every parameter still views it. Order: that of
-        ``parameters()``.
+        ``parameters()``. On the GPU (after ``.to("cuda")``) the buffer is one device array and each
+        ``p.data`` a device view into it (``qlabref.device.flat_view``); ``.to()`` drops the buffer
+        (each parameter moves on its own), so call it again after moving the module.
         """
-        ps, dtype = self._flat_dtype("flat_parameters")
+        ps, dtype, on_gpu = self._flat_dtype("flat_parameters")
         flat = self.__dict__.get("_flat_params")
-        if flat is not None and all(np.shares_memory(p.data, flat) for p in ps):
+        if flat is not None and all(_views(p.data, flat) for p in ps):
             return flat
-        flat = np.empty(sum(p.data.size for p in ps), dtype=dtype)
-        offset = 0
-        for p in ps:
-            n = p.data.size
-            flat[offset:offset + n] = p.data.ravel()
-            p.data = flat[offset:offset + n].reshape(p.data.shape)
-            offset += n
+        flat, views = _flat_layout(ps, dtype, on_gpu, zero=False)
+        for p, view in zip(ps, views):
+            view[...] = p.data  # on the GPU a device-to-device copy
+            p.data = view
         object.__setattr__(self, "_flat_params", flat)
         return flat
 
-    def flat_grads(self) -> np.ndarray:
+    def flat_grads(self):
         """One contiguous 1-D gradient buffer; each ``p.grad`` becomes a view into it (zeros, or the
-        current gradient if there is one). Backward accumulates into these views in place."""
-        ps, dtype = self._flat_dtype("flat_grads")
+        current gradient if there is one). Backward accumulates into these views in place. On the GPU,
+        one device array with device views, as ``flat_parameters``."""
+        ps, dtype, on_gpu = self._flat_dtype("flat_grads")
         flat = self.__dict__.get("_flat_grads")
-        if flat is not None and all(p.grad is not None and np.shares_memory(p.grad, flat) for p in ps):
+        if flat is not None and all(p.grad is not None and _views(p.grad, flat) for p in ps):
             return flat
-        flat = np.zeros(sum(p.data.size for p in ps), dtype=dtype)
-        offset = 0
-        for p in ps:
-            n = p.data.size
-            view = flat[offset:offset + n].reshape(p.data.shape)
+        flat, views = _flat_layout(ps, dtype, on_gpu, zero=True)
+        for p, view in zip(ps, views):
             if p.grad is not None:
                 view[...] = p.grad
             p.grad = view
-            offset += n
         object.__setattr__(self, "_flat_grads", flat)
         return flat
 
@@ -392,3 +397,33 @@ class Module:
                 lines.append(f"  ({name}): {sub}")
             return "\n".join(lines) + "\n)"
         return lines[0] + ")"
+
+
+def _on_gpu(a) -> bool:
+    return getattr(type(a), "__qlabref_device__", False)
+
+
+def _views(a, flat) -> bool:
+    """``a`` is a view into the flat buffer ``flat`` (host: shares its memory; GPU: ``flat`` is its owner)."""
+    if _on_gpu(flat):
+        return _on_gpu(a) and a.base is flat
+    return isinstance(a, np.ndarray) and np.shares_memory(a, flat)
+
+
+def _flat_layout(ps, dtype, on_gpu, zero):
+    """(a new 1-D buffer for every parameter's elements, one view of each parameter's shape into it, in
+    order) on the host or, ``on_gpu``, on the device (``qlabref.device.flat_storage`` / ``flat_view``)."""
+    total = sum(p.data.size for p in ps)
+    if on_gpu:
+        from ..device import flat_storage, flat_view
+
+        flat = flat_storage(total, dtype, zero=zero)
+        make = lambda offset, shape: flat_view(flat, offset, shape)  # noqa: E731
+    else:
+        flat = np.zeros(total, dtype=dtype) if zero else np.empty(total, dtype=dtype)
+        make = lambda offset, shape: flat[offset:offset + int(np.prod(shape))].reshape(shape)  # noqa: E731
+    views, offset = [], 0
+    for p in ps:
+        views.append(make(offset, p.data.shape))
+        offset += p.data.size
+    return flat, views

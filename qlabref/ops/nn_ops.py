@@ -390,15 +390,16 @@ class BatchNorm(Function):
         if need[0]:
             if ctx.training:
                 # μ and σ² depend on x: dx = (1/σ̂)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂)), σ̂ = √(σ² + ε)
-                m1 = _acc_mean(dxhat, axes).astype(g.dtype)
-                m2 = _acc_mean(dxhat * xhat, axes).astype(g.dtype)
+                m1 = _acc_mean(dxhat, axes).astype(g.dtype, copy=False)
+                m2 = _acc_mean(dxhat * xhat, axes).astype(g.dtype, copy=False)
                 gx = (dxhat - m1 - xhat * m2) * invstd
             else:
                 gx = dxhat * invstd
         if gamma is None:
             return (gx,)
-        gw = (g * xhat).sum(axis=axes, dtype=np.float64).astype(g.dtype) if need[1] else None
-        gb = g.sum(axis=axes, dtype=np.float64).astype(g.dtype) if need[2] else None
+        # (copy=False: in float64 the fresh sums themselves, which backward adopts as the .grad)
+        gw = (g * xhat).sum(axis=axes, dtype=np.float64).astype(g.dtype, copy=False) if need[1] else None
+        gb = g.sum(axis=axes, dtype=np.float64).astype(g.dtype, copy=False) if need[2] else None
         return gx, gw, gb
 
 
@@ -418,4 +419,4 @@ def batch_norm_statistics(x):
     d = x - mean
     var = _acc_mean(d * d, axes)
     n = math.prod(x.shape[i] for i in axes)
-    return mean.ravel().astype(x.dtype), var.ravel().astype(x.dtype), n
+    return mean.ravel().astype(x.dtype, copy=False), var.ravel().astype(x.dtype, copy=False), n  # (no copy in float64)

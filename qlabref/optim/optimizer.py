@@ -209,6 +209,35 @@ def _atomic(step):
     return atomic_step
 
 
+
+def flat_buffer(arrays):
+    """The 1-D buffer that ``arrays`` tile exactly, in order, as contiguous views (what
+    ``qr.nn.Module.flat_parameters()`` / ``flat_grads()`` make, on the host or on the GPU), else None."""
+    if not arrays or arrays[0] is None:
+        return None
+    first = arrays[0]
+    if type(first) is not np.ndarray and getattr(type(first), "__qlabref_device__", False):
+        base = first.base  # GPU-resident views (qlabref.device.flat_view): the owner and an element offset
+        if base is None or base.ndim != 1:
+            return None
+        offset = 0
+        for a in arrays:
+            if not getattr(type(a), "__qlabref_device__", False) or a.base is not base or a._offset != offset:
+                return None
+            offset += a.size
+        return base if offset == base.size else None
+    base = first.base
+    if base is None or not isinstance(base, np.ndarray) or base.ndim != 1 or not base.flags.c_contiguous:
+        return None
+    address = base.__array_interface__["data"][0]
+    for a in arrays:
+        if (not isinstance(a, np.ndarray) or a.base is not base or not a.flags.c_contiguous
+                or a.__array_interface__["data"][0] != address):
+            return None
+        address += a.nbytes
+    return base if address == base.__array_interface__["data"][0] + base.nbytes else None
+
+
 class Optimizer:
     """Base class: holds parameter groups and per-parameter state; subclasses write ``step``.
 
@@ -309,6 +338,12 @@ class Optimizer:
         does not reach keeps None and every optimizer skips it (as torch does). A ``.grad`` that is a
         view into another buffer (``model.flat_grads()``) is filled with 0 in place instead, so it
         stays a view. ``set_to_none=False`` fills every ``.grad`` with 0 in place."""
+        grads = [p._grad for g in self.param_groups for p in g["params"]]
+        if grads and all(g is not None for g in grads):
+            flat = flat_buffer(grads)
+            if flat is not None:  # every .grad a view of one flat buffer: one fill (one launch on the GPU)
+                flat[...] = 0
+                return
         for g in self.param_groups:
             for p in g["params"]:
                 grad = p._grad

@@ -115,7 +115,7 @@ import numpy as np
 
 from .. import backends
 from . import qlab_rule as rule
-from .optimizer import NonFiniteLossError, NonFiniteProbeError, Optimizer
+from .optimizer import NonFiniteLossError, NonFiniteProbeError, Optimizer, flat_buffer
 from .registry import register_optimizer
 
 __all__ = [
@@ -293,18 +293,7 @@ def _restore(targets, saved):
         t[...] = s
 
 
-def _flat_buffer(arrays):
-    """The 1-D buffer that ``arrays`` tile exactly, in order, as contiguous views (what
-    ``qr.nn.Module.flat_parameters()`` / ``flat_grads()`` make), else None."""
-    base = arrays[0].base if arrays else None
-    if base is None or base.ndim != 1 or not base.flags.c_contiguous:
-        return None
-    address = base.__array_interface__["data"][0]
-    for a in arrays:
-        if a.base is not base or not a.flags.c_contiguous or a.__array_interface__["data"][0] != address:
-            return None
-        address += a.nbytes
-    return base if address == base.__array_interface__["data"][0] + base.nbytes else None
+_flat_buffer = flat_buffer  # (optimizer.py: also used by zero_grad)
 
 
 def _working_arrays(params, grads):
