@@ -7,13 +7,13 @@ parameters.
 Launches are counted by ``qlabref.device.count_launches()``, where qlabref configures a launch (the
 device module and the kernel modules' entry points), so the counts are the same in Numba's CUDA
 simulator and on a GPU; nothing here times anything. Every run is also compared with the ``numpy``
-backend on the host (the independent oracle) on fresh random data: float64 parameters to 1e-12
-relative (a GPU fuses a·b + c and sums in another order; a wrong kernel or a lost accumulation is
-off by far more). Sizes are tiny: the simulator runs every GPU thread as Python.
+backend on the host (the independent oracle) on fresh random data: float64 losses and ‖∇L‖² to 1e-12
+relative, parameters after the steps to 1e-10 (Eq. (10)'s cancellation, see below; a GPU fuses
+a·b + c and sums in another order; a wrong kernel or a lost accumulation is off by far more). Sizes are tiny: the simulator runs every GPU thread as Python.
 
 Counts seen in the simulator when this file was written (float64; kernels + d2d copies per step after
 the first): ``mlp((12, 10, 9, 3))`` per-parameter 60 + 0 (sum_sq 6, place_save 6, place 6), flat
-47 + 0 (1, 1, 1); the tiny ResNet of test_resident.py (20 parameters) per-parameter 429 + 0, flat 374
+47 + 0 (1, 1, 1); the tiny ResNet of test_resident.py (20 parameters, batch 2, 6×6) per-parameter 429 + 0, flat 374
 + 0. The assertion messages print the counts of the run at hand.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def test_flat_buffers_make_the_probe_launches_independent_of_the_parameter_count
     x = rng.standard_normal((6, 8))
     y = rng.integers(0, 3, 6)
     with qr.use_backend("numpy"):
-        oracle = {n: qlab_steps(_mlp(s, seed), x, y, 3, "cpu", False)[0]
+        oracle = {n: qlab_steps(_mlp(s, seed), x, y, 3, "cpu", False)
                   for n, s in ((2, (8, 7, 3)), (4, (8, 7, 6, 5, 3)))}
     runs = {}
     for layers, sizes in ((2, (8, 7, 3)), (4, (8, 7, 6, 5, 3))):
@@ -90,9 +90,17 @@ def test_flat_buffers_make_the_probe_launches_independent_of_the_parameter_count
             params, launches, records = qlab_steps(_mlp(sizes, seed), x, y, 3, "cuda", flat)
             runs[layers, flat] = launches
             assert all(r["flat_storage"] is flat for r in records)
-            # the result is the numpy backend's, flat or not (parameters after 3 steps)
-            for u, v in zip(params, oracle[layers]):
-                assert _rel(u, v) < 1e-12, (layers, flat, _rel(u, v))
+            # the result is the numpy backend's, flat or not: the first step's L, ‖∇L‖² (Eq. 7) and
+            # g(ᾱ) (Eq. 8) to 1e-12; the parameters after 3 steps to 1e-10, as in test_resident.py:
+            # α* of Eq. (10) divides by g(ᾱ) − L + ‖∇L‖²ᾱ, a difference of nearly equal numbers that
+            # amplifies last-bit differences of the losses (1.05e-12 seen); a wrong kernel or a lost
+            # gradient accumulation is off by far more
+            want_params, _, want_records = oracle[layers]
+            for key in ("loss", "grad_sq_norm", "probe_loss"):
+                got, want = records[0][key], want_records[0][key]
+                assert abs(got - want) <= 1e-12 * max(1.0, abs(want)), (layers, flat, key, got, want)
+            for u, v in zip(params, want_params):
+                assert _rel(u, v) < 1e-10, (layers, flat, _rel(u, v))
     counts = {k: [(r["kernels"], r["copies"], _probe_launches(r)) for r in v] for k, v in runs.items()}
     msg = f"launches per step (kernels, d2d copies, probe family) by (layers, flat): {counts}"
     for (layers, flat), launches in runs.items():
@@ -129,7 +137,7 @@ def test_tiny_resnet_step_on_flat_device_buffers_matches_numpy():
     assert _probe_launches(rec) == dict.fromkeys(PROBE, 1), msg
     assert rec["copies"] == 0, msg  # BatchNorm's statistics and gradients are not copied either
     for u, v in zip(flat, cpu):
-        assert _rel(u, v) < 1e-12, msg
+        assert _rel(u, v) < 1e-10, msg
     print(msg)
 
 
