@@ -42,7 +42,7 @@ except Exception as e:  # noqa: BLE001
 md.write(f"```\nbench done at {time.time() - t0:.0f} s\n\n## tests/gpu/test_resident.py (real GPU, simulator off)\n\n")
 md.flush()
 import pytest
-rc = pytest.main(["-v", "-p", "no:cacheprovider", "-rfE", "--tb=short", "--durations=5", "tests/gpu/test_resident.py"])
+rc = pytest.main(["-v", "-p", "no:cacheprovider", "-rfE", "--tb=short", "--durations=5", "tests/gpu/test_resident.py", "tests/gpu/test_launch_count.py"])
 md.write(f"pytest exit {int(rc)} at {time.time() - t0:.0f} s; per-test lines (from run.log):\n")
 PYEOF
 rc=$?

@@ -16,7 +16,7 @@ if ! "$PY" -c "import numpy, sys; sys.exit(0 if hasattr(numpy, 'row_stack') else
   echo "issue21k: WARNING: this NumPy has no np.row_stack (NumPy >= 2.5): numba-cuda 0.30.4 cannot compile kernels;" \
        "put a numpy<2.5 wheel first on PYTHONPATH (qlabref[cuda] pins numpy<2.5)" | tee -a "$OUT/versions.txt"
 fi
-timeout 110 "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_device_kernels.py tests/gpu/test_sim_backend.py > "$OUT/pytest.log" 2>&1
+timeout 110 "$PY" -m pytest -q -p no:cacheprovider tests/gpu/test_device_kernels.py tests/gpu/test_device_lifetime.py tests/gpu/test_sim_backend.py > "$OUT/pytest.log" 2>&1
 pt=$?
 tail -n 4 "$OUT/pytest.log"
 timeout $(( 150 - ($(date +%s) - start) > 20 ? 150 - ($(date +%s) - start) : 20 )) "$PY" - "$OUT" <<'PYEOF'
