@@ -93,3 +93,13 @@ def cuda_kernels():
     from numba import cuda
 
     return (cuda, *(importlib.import_module(f"qlabref.kernels.{m}") for m in ("cuda_matmul", "cuda_conv", "cuda_probe")))
+
+
+@pytest.fixture
+def cuda_here():
+    """Skip unless CUDA kernels can launch here (the simulator or a GPU), naming what is missing."""
+    from qlabref.kernels import launch
+
+    ok, reason = launch.cuda_status()
+    if not ok:
+        pytest.skip(f"needs a CUDA GPU or the simulator (NUMBA_ENABLE_CUDASIM=1): {reason}")

@@ -13,16 +13,7 @@ import pytest
 
 import qlabref as qr
 
-pytestmark = [pytest.mark.torch, pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def _cuda_here():
-    from qlabref.kernels import launch
-
-    ok, reason = launch.cuda_status()
-    if not ok:
-        pytest.skip(f"needs a CUDA GPU or the simulator (NUMBA_ENABLE_CUDASIM=1): {reason}")
+pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.usefixtures("cuda_here")]
 
 
 def _bn_net(torch):

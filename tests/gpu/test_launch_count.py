@@ -26,21 +26,13 @@ import pytest
 import qlabref as qr
 import qlabref.nn.functional as F
 
+from test_resident import _rel  # tests/gpu is on sys.path (its conftest.py), as for tiny_resnet below
+
+pytestmark = pytest.mark.usefixtures("cuda_here")
+
 PROBE = ("sum_sq", "place_save", "place")  # ‖∇L‖², θ_{t−1} saved + first probe point, each later point
 
 
-@pytest.fixture(autouse=True)
-def _cuda_here():
-    from qlabref.kernels import launch
-
-    ok, reason = launch.cuda_status()
-    if not ok:
-        pytest.skip(f"needs a CUDA GPU or the simulator (NUMBA_ENABLE_CUDASIM=1): {reason}")
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
 
 
 def _probe_launches(rec):

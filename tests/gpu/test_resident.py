@@ -23,16 +23,9 @@ import qlabref as qr
 import qlabref.nn.functional as F
 from qlabref.models import BasicBlock
 
+pytestmark = pytest.mark.usefixtures("cuda_here")
+
 nn = qr.nn
-
-
-@pytest.fixture(autouse=True)
-def _cuda_here():
-    from qlabref.kernels import launch
-
-    ok, reason = launch.cuda_status()
-    if not ok:
-        pytest.skip(f"needs a CUDA GPU or the simulator (NUMBA_ENABLE_CUDASIM=1): {reason}")
 
 
 def _rel(a, b):
