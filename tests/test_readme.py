@@ -107,5 +107,8 @@ def test_ci_runs_what_the_readme_test_command_leaves_out():
     m = re.search(r'-m "([^"]+)"', test_cmd)
     assert m is not None and "not slow" in m.group(1) and "not torch" in m.group(1), test_cmd
     ci = (ROOT / ".ci" / "run").read_text()
-    assert 'sed -n \'s/.*-m "\\([^"]*\\)".*/\\1/p\'' in ci and '-m "not ($expr)" tests' in ci
-    assert "'.[test,crosscheck,dask,browser]'" in ci
+    assert 'sed -n \'s/.*-m "\\([^"]*\\)".*/\\1/p\'' in ci and '-m "not ($expr)" --ignore=tests/gpu tests' in ci
+    assert "'.[test,crosscheck,dask,browser,cuda]'" in ci
+    # tests/gpu, left out above, runs whole in the simulator and its compile-only files with it off
+    assert "NUMBA_ENABLE_CUDASIM=1 .venv/bin/pytest -q -p no:cacheprovider tests/gpu" in ci
+    assert ".venv/bin/pytest -q tests/gpu/test_ptx*.py" in ci
