@@ -13,6 +13,11 @@ transposed in place).
 - ``rows_to_nchw`` / ``nchw_to_rows``: the (N·OH·OW, O) ↔ (N, O, OH, OW) permutations between the
   matmul's row layout and NCHW, on the device.
 
+All four are grid-stride loops ("one thread per element" while the grid covers the array): on a GPU
+the grid is ⌈n/128⌉ blocks of 128 threads up to 65,535 blocks; in Numba's simulator, which runs every
+thread as a Python thread, 8 threads per block and at most 16 blocks (as in ``cuda_elementwise``), so
+the simulator tests loop over the elements in each thread instead of starting thousands of threads.
+
 **Device-array entry points** (numba device arrays in and out, C-contiguous; nothing copied to or
 from the host; every buffer can be passed preallocated and reused across calls):
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import cuda, float32, float64, int64
+from numba.core import config
 
 from .cuda_devfuncs import nchw_index, window_start
 from .cuda_matmul import matmul_device
@@ -39,15 +45,23 @@ __all__ = ["TPB", "PTX_KERNELS", "conv_out_hw", "im2col_device", "col2im_device"
            "conv2d_grad_input_device", "conv2d_grad_weight_device", "im2col_cuda", "col2im_cuda", "conv2d_cuda",
            "conv2d_grad_input_cuda", "conv2d_grad_weight_cuda", "rows_to_nchw_device", "nchw_to_rows_device"]
 
-#: threads per block of the elementwise im2col/col2im kernels
-TPB = 128
+#: threads per block of the elementwise im2col/col2im kernels (8 in the simulator: see above)
+TPB = 8 if config.ENABLE_CUDASIM else 128
+#: the grid cap; larger arrays are covered by the grid-stride loop (16 in the simulator)
+MAX_BLOCKS = 16 if config.ENABLE_CUDASIM else 65535
+
+
+def _grid(n):
+    """Blocks for n elements: ⌈n / TPB⌉, at least 1, at most MAX_BLOCKS."""
+    return min(blocks(n, TPB), MAX_BLOCKS)
 
 
 def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
     idx = cuda.grid(1)
+    stride = cuda.gridsize(1)
     nrows = cols.shape[0]
     ncols = cols.shape[1]
-    if idx < nrows * ncols:
+    while idx < nrows * ncols:
         row = idx // ncols
         col = idx - row * ncols
         b = row % ow
@@ -62,6 +76,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
             cols[row, col] = x[n, c, y, xx]
         else:
             cols[row, col] = 0
+        idx += stride
 
 
 def make_col2im_kernel(dtype):
@@ -69,11 +84,12 @@ def make_col2im_kernel(dtype):
 
     def col2im(gcols, kh, kw, sh, sw, ph, pw, oh, ow, gx):
         idx = cuda.grid(1)
+        stride = cuda.gridsize(1)
         nb = gx.shape[0]
         ch = gx.shape[1]
         h = gx.shape[2]
         w = gx.shape[3]
-        if idx < nb * ch * h * w:
+        while idx < nb * ch * h * w:
             n, c, y, xx = nchw_index(idx, ch, h, w)
             acc = dtype(0)
             for i in range(kh):
@@ -84,6 +100,7 @@ def make_col2im_kernel(dtype):
                         if b >= 0:
                             acc += gcols[(n * oh + a) * ow + b, (c * kh + i) * kw + j]
             gx[n, c, y, xx] = acc
+            idx += stride
 
     return col2im
 
@@ -91,24 +108,28 @@ def make_col2im_kernel(dtype):
 def rows_to_nchw(rows, oh, ow, y):
     """y[n, o, a, b] = rows[(n·OH + a)·OW + b, o]: one thread per element of y (coalesced writes)."""
     idx = cuda.grid(1)
+    stride = cuda.gridsize(1)
     nb = y.shape[0]
     oc = y.shape[1]
-    if idx < nb * oc * oh * ow:
+    while idx < nb * oc * oh * ow:
         n, o, a, b = nchw_index(idx, oc, oh, ow)
         y[n, o, a, b] = rows[(n * oh + a) * ow + b, o]
+        idx += stride
 
 
 def nchw_to_rows(g, oh, ow, rows):
     """rows[(n·OH + a)·OW + b, o] = g[n, o, a, b]: one thread per element of rows."""
     idx = cuda.grid(1)
+    stride = cuda.gridsize(1)
     oc = rows.shape[1]
-    if idx < rows.shape[0] * oc:
+    while idx < rows.shape[0] * oc:
         r = idx // oc
         o = idx - r * oc
         b = r % ow
         a = (r // ow) % oh
         n = r // (ow * oh)
         rows[r, o] = g[n, o, a, b]
+        idx += stride
 
 
 _COL2IM_PY = {"float32": make_col2im_kernel(float32), "float64": make_col2im_kernel(float64)}
@@ -149,7 +170,7 @@ def im2col_device(d_x, k, s, p, out_hw, out=None):
     rows, ncols = n * out_hw[0] * out_hw[1], c * k[0] * k[1]
     cols = _buffer(out, (rows, ncols), d_x.dtype, "out")
     count_launch("im2col")
-    _im2col[blocks(rows * ncols, TPB), TPB](d_x, k[0], k[1], s[0], s[1], p[0], p[1], out_hw[0], out_hw[1], cols)
+    _im2col[_grid(rows * ncols), TPB](d_x, k[0], k[1], s[0], s[1], p[0], p[1], out_hw[0], out_hw[1], cols)
     return cols
 
 
@@ -158,7 +179,7 @@ def col2im_device(d_gcols, x_shape, k, s, p, out_hw, out=None):
     gx = _buffer(out, x_shape, d_gcols.dtype, "out")
     size = int(np.prod(x_shape))
     count_launch("col2im")
-    _col2im[np.dtype(d_gcols.dtype).name][blocks(size, TPB), TPB](d_gcols, k[0], k[1], s[0], s[1], p[0], p[1],
+    _col2im[np.dtype(d_gcols.dtype).name][_grid(size), TPB](d_gcols, k[0], k[1], s[0], s[1], p[0], p[1],
                                                                    out_hw[0], out_hw[1], gx)
     return gx
 
@@ -174,7 +195,7 @@ def rows_to_nchw_device(rows, n, out_hw, out=None):
     oc = rows.shape[1]
     y = _buffer(out, (n, oc, out_hw[0], out_hw[1]), rows.dtype, "out")
     count_launch("rows_to_nchw")
-    _rows_to_nchw[blocks(y.size, TPB), TPB](rows, out_hw[0], out_hw[1], y)
+    _rows_to_nchw[_grid(y.size), TPB](rows, out_hw[0], out_hw[1], y)
     return y
 
 
@@ -183,7 +204,7 @@ def nchw_to_rows_device(g, out=None):
     n, oc, oh, ow = g.shape
     rows = _buffer(out, (n * oh * ow, oc), g.dtype, "rows")
     count_launch("nchw_to_rows")
-    _nchw_to_rows[blocks(rows.size, TPB), TPB](g, oh, ow, rows)
+    _nchw_to_rows[_grid(rows.size), TPB](g, oh, ow, rows)
     return rows
 
 

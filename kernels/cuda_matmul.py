@@ -1,7 +1,7 @@
 """CUDA matmul: a register-tiled shared-memory kernel (any M, N, K; float32 and float64; transposed
 operands read in place, no transposed copy).
 
-**Tiling.** A block of 16 × 16 = 256 threads computes a ``BM × BN`` tile of C, ``BM = 16·TM`` and
+**Tiling.** A block of 16 × 16 = 256 threads (``THREADS`` × ``THREADS``; see the simulator note below) computes a ``BM × BN`` tile of C, ``BM = 16·TM`` and
 ``BN = 16·TN``: each thread owns a ``TM × TN`` micro-tile of outputs in registers (rows
 ``ty + 16·i``, columns ``tx + 16·j``: neighbouring threads own neighbouring columns, so the
 shared-memory reads have no bank conflicts and the stores to C are coalesced). The block walks the
@@ -28,21 +28,29 @@ tile that still gives at least one block per multiprocessor, so small products (
   launch: ``a`` is A (M × K) or, with ``ta``, Aᵀ stored K × M; ``b`` is B (K × N) or, with ``tb``,
   Bᵀ stored N × K; both C-contiguous.
 
+**In Numba's simulator** (``NUMBA_ENABLE_CUDASIM=1``), which runs every CUDA thread as a Python thread
+and every ``syncthreads`` as a barrier of those threads, ``THREADS`` is 4: the same kernels with 4 × 4
+threads per block and block tiles of ``4·TM × 4·TN`` (the configurations keep their hardware names).
+A 256-thread block made the simulator tests of a small ResNet step spend half their time in matmul,
+mostly on padding; the factory takes ``threads=16`` to run the hardware geometry there too (one test
+does), and the PTX/SASS tests compile the 16 × 16 kernels.
+
 ``matmul_cuda(a, b)`` is the host wrapper (NumPy in, NumPy out) behind ``kernels.matmul(device="cuda")``.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import cuda, float32, float64
+from numba.core import config as _nb_config
 
 from .launch import blocks, count_launch
 
 __all__ = ["THREADS", "CONFIGS", "LARGE", "TILE", "ORDERS", "make_matmul_kernel", "MATMUL_KERNELS", "PTX_KERNELS",
            "choose_config", "matmul_into", "matmul_device", "matmul_cuda"]
 
-#: threads per block along x and y (the block is THREADS × THREADS)
-THREADS = 16
-_NT = THREADS * THREADS
+#: threads per block along x and y (the block is THREADS × THREADS): 16 on a GPU, 4 in the simulator
+HW_THREADS = 16
+THREADS = 4 if _nb_config.ENABLE_CUDASIM else HW_THREADS
 #: name → (TM, TN, BK, prefetch): per-thread micro-tile, K step, software pipelining; the block tile
 #: is 16·TM × 16·TN. "128x128p" is the float64 large tile: at 198-215 registers one block fits per
 #: multiprocessor, and the prefetch hides the global loads that a second block would otherwise cover.
@@ -56,17 +64,20 @@ TILE = THREADS * CONFIGS["128x128"][0]
 _PAD = 4
 
 
-def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
+def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False, threads=None):
     """The plain Python kernel for one dtype (a Numba type), configuration (TM, TN, BK, prefetch) and
     storage order of the operands (``ta``: A is passed stored K × M; ``tb``: B stored N × K). The
     storage order is a compile-time constant: one kernel per case needs fewer registers than a runtime
     branch (ptxas, sm_90, float32 128×128: 128 registers instead of 152; 32×32: 72-80 instead of 126),
     so more blocks fit on a multiprocessor. ``prefetch``: the global loads of the next K step are
     issued into registers before the current step's multiply-adds (software pipelining: their
-    latency hides behind the arithmetic, worth it where only one block fits per multiprocessor)."""
-    bm, bn = THREADS * tm, THREADS * tn
-    la, lb = bm * bk // _NT, bn * bk // _NT  # staging loads per thread and K step
-    assert la * _NT == bm * bk and lb * _NT == bn * bk, "tile sizes must be multiples of the block's threads"
+    latency hides behind the arithmetic, worth it where only one block fits per multiprocessor).
+    ``threads``: the block edge (default ``THREADS``); launch the kernel with ``(threads, threads)``."""
+    nt_edge = THREADS if threads is None else int(threads)
+    nt = nt_edge * nt_edge
+    bm, bn = nt_edge * tm, nt_edge * tn
+    la, lb = bm * bk // nt, bn * bk // nt  # staging loads per thread and K step
+    assert la * nt == bm * bk and lb * nt == bn * bk, "tile sizes must be multiples of the block's threads"
     sa_shape, sb_shape = (bk, bm + _PAD), (bk, bn + _PAD)  # constants: shared arrays need fixed shapes
     lag = 1 if prefetch else 0  # steps between a tile's global load and its multiply-adds
     load_phase = 1 if prefetch else 0  # load after (prefetch) or before storing the registers
@@ -110,9 +121,9 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
         of B into registers, then the TM·TN multiply-adds into this thread's micro-tile ``acc``."""
         for kk in range(bk):
             for i in range(tm):
-                ra[i] = sa[kk, ty + THREADS * i]
+                ra[i] = sa[kk, ty + nt_edge * i]
             for j in range(tn):
-                rb[j] = sb[kk, tx + THREADS * j]
+                rb[j] = sb[kk, tx + nt_edge * j]
             for i in range(tm):
                 for j in range(tn):
                     acc[i, j] += ra[i] * rb[j]
@@ -121,10 +132,10 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
     def store_tile(c, acc, m0, n0, tx, ty):
         """This thread's micro-tile into C (rows ty + 16·i, columns tx + 16·j), inside C only."""
         for i in range(tm):
-            gm = m0 + ty + THREADS * i
+            gm = m0 + ty + nt_edge * i
             if gm < c.shape[0]:
                 for j in range(tn):
-                    gn = n0 + tx + THREADS * j
+                    gn = n0 + tx + nt_edge * j
                     if gn < c.shape[1]:
                         c[gm, gn] = acc[i, j]
 
@@ -136,7 +147,7 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
         rb = cuda.local.array(tn, dtype)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        t = ty * THREADS + tx
+        t = ty * nt_edge + tx
         m = c.shape[0]
         n = c.shape[1]
         k = a.shape[0] if ta else a.shape[1]
@@ -147,10 +158,10 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
                 acc[i, j] = dtype(0)
         for k0 in range(0, k, bk):
             for r in range(la):  # stage A[m0:m0+bm, k0:k0+bk] as sa[kk, mm]
-                kk, mm = slot_a(t + r * _NT)
+                kk, mm = slot_a(t + r * nt)
                 sa[kk, mm] = load_a(a, k0 + kk, m0 + mm, k, m)
             for r in range(lb):  # stage B[k0:k0+bk, n0:n0+bn] as sb[kk, nn]
-                kk, nn = slot_b(t + r * _NT)
+                kk, nn = slot_b(t + r * nt)
                 sb[kk, nn] = load_b(b, k0 + kk, n0 + nn, k, n)
             cuda.syncthreads()
             multiply_tile(sa, sb, acc, ra, rb, tx, ty)
@@ -167,7 +178,7 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
         pb = cuda.local.array(lb, dtype)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        t = ty * THREADS + tx
+        t = ty * nt_edge + tx
         m = c.shape[0]
         n = c.shape[1]
         k = a.shape[0] if ta else a.shape[1]
@@ -182,17 +193,17 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False):
                 if phase == load_phase and step < nk:  # global → registers, K step `step`
                     k0 = step * bk
                     for r in range(la):  # A[m0:m0+bm, k0:k0+bk]
-                        kk, mm = slot_a(t + r * _NT)
+                        kk, mm = slot_a(t + r * nt)
                         pa[r] = load_a(a, k0 + kk, m0 + mm, k, m)
                     for r in range(lb):  # B[k0:k0+bk, n0:n0+bn]
-                        kk, nn = slot_b(t + r * _NT)
+                        kk, nn = slot_b(t + r * nt)
                         pb[r] = load_b(b, k0 + kk, n0 + nn, k, n)
                 if phase == 0 and step >= lag:  # registers → shared memory (the step to multiply)
                     for r in range(la):
-                        kk, mm = slot_a(t + r * _NT)
+                        kk, mm = slot_a(t + r * nt)
                         sa[kk, mm] = pa[r]
                     for r in range(lb):
-                        kk, nn = slot_b(t + r * _NT)
+                        kk, nn = slot_b(t + r * nt)
                         sb[kk, nn] = pb[r]
                     cuda.syncthreads()
             if step >= lag:

@@ -54,19 +54,27 @@ from numba.core import config
 from .cuda_devfuncs import tree_sum
 from .launch import blocks, count_launch
 
-__all__ = ["TPB", "MAX_BLOCKS", "PTX_KERNELS", "PROBE_PY_KERNELS", "grid_total", "ProbeWorkspace",
+__all__ = ["TPB", "MAX_BLOCKS", "DEFAULT_BLOCKS", "PTX_KERNELS", "PROBE_PY_KERNELS", "grid_total", "ProbeWorkspace",
            "default_workspace",
            "grid_for", "probe_into", "probe_save_into", "sum_sq_into", "probe_device", "probe_cuda",
            "reference_tree_sum"]
 
-#: threads per block (a power of two: the tree reduction halves it). 256 on a GPU; 32 in Numba's
-#: simulator, which runs every thread as a Python thread (a 256-thread launch took 0.8 s there, most of
-#: CI's simulator time). The reduction order is fixed by TPB and the grid, and the tests replay it with
-#: ``reference_tree_sum``, which reads this TPB: the same assertions hold for either value.
-TPB = 32 if config.ENABLE_CUDASIM else 256
-#: at most this many blocks (about one full wave of 8 blocks per SM on a 132-SM H200); larger
-#: arrays are covered by the grid-stride loop. Fixed, so that the reduction order depends on n only.
+#: threads per block (a power of two: the tree reduction halves it). 256 on a GPU; 8 in Numba's
+#: simulator, which runs every thread as a Python thread: a launch costs about 1 ms per thread there
+#: whatever the thread does (a 256-thread launch took 0.8 s, most of CI's simulator time, so a few
+#: threads looping over many elements are far cheaper). The reduction order is fixed by TPB and the
+#: grid, and the tests replay it with ``reference_tree_sum``, which reads this TPB: the same
+#: assertions hold for either value.
+TPB = 8 if config.ENABLE_CUDASIM else 256
+#: the workspace's partial-sum slots: at most this many blocks (about one full wave of 8 blocks per SM
+#: on a 132-SM H200); larger arrays are covered by the grid-stride loop.
 MAX_BLOCKS = 1024
+#: the grid cap when no ``max_blocks`` is given: MAX_BLOCKS on a GPU; 4 in the simulator, where a
+#: launch costs about a millisecond per thread (a 1,000-element ``sum_sq`` of 32 blocks of 32 threads
+#: took 0.6 s, the probe entry-point test 56 s). Fixed per process, so that the reduction order depends on
+#: n only; ``reference_tree_sum`` reads it, and the tests that need more than TPB blocks (the last
+#: block's strided second pass) ask for them with ``max_blocks``.
+DEFAULT_BLOCKS = 4 if config.ENABLE_CUDASIM else MAX_BLOCKS
 
 if config.ENABLE_CUDASIM:  # the simulator's libdevice is stubs: NumPy scalars round the same way
     def _mul(a, b):
@@ -212,8 +220,8 @@ def default_workspace():
 
 def grid_for(n, max_blocks=None):
     """Blocks launched for n elements: one element per thread, capped at ``max_blocks``
-    (default ``MAX_BLOCKS``); beyond the cap every thread loops over several elements."""
-    return min(blocks(n, TPB), MAX_BLOCKS if max_blocks is None else int(max_blocks))
+    (default ``DEFAULT_BLOCKS``); beyond the cap every thread loops over several elements."""
+    return min(blocks(n, TPB), DEFAULT_BLOCKS if max_blocks is None else int(max_blocks))
 
 
 def _flat(a):

@@ -64,7 +64,7 @@ def test_matmul_every_configuration_over_several_blocks(cuda_kernels, rng, devic
     # edges in both M and N (two block rows, two block columns, ragged) and K over several steps
     cuda, mm, _, _ = cuda_kernels
     tm, tn, bk, _ = mm.CONFIGS[config]
-    bm, bn = 16 * tm, 16 * tn
+    bm, bn = mm.THREADS * tm, mm.THREADS * tn  # the block tile (4·TM × 4·TN in the simulator)
     k = 2 * bk + 3 if device == "simulator" else 3 * bk * 5 + 7
     m, n = bm + 5, bn + 3
     if device == "gpu":
@@ -72,6 +72,28 @@ def test_matmul_every_configuration_over_several_blocks(cuda_kernels, rng, devic
     a = rng.standard_normal((m, k)).astype(dt)
     b = rng.standard_normal((k, n)).astype(dt)
     _check_matmul(cuda, mm, a, b, config=config)
+
+
+@pytest.mark.parametrize("dt,ta,tb", [(np.float32, True, False), (np.float64, False, True)], ids=["f32-AtB", "f64-ABt"])
+def test_matmul_hardware_geometry(cuda_kernels, rng, dt, ta, tb):
+    # the 16 × 16-thread blocks a GPU runs (the simulator's default is 4 × 4: see cuda_matmul), with a
+    # ragged edge in M, N and K, so the simulator checks the geometry the hardware uses as well
+    cuda, mm, _, _ = cuda_kernels
+    from numba import float32, float64
+
+    tm, tn, bk, pre = mm.CONFIGS["32x32"]
+    kern = cuda.jit(mm.make_matmul_kernel(float32 if dt == np.float32 else float64, tm, tn, bk, ta, tb, pre,
+                                          threads=mm.HW_THREADS))
+    m, k, n = 16 * tm + 3, bk + 5, 16 * tn + 1
+    a = rng.standard_normal((m, k)).astype(dt)
+    b = rng.standard_normal((k, n)).astype(dt)
+    out = _nan_device(cuda, (m, n), dt)
+    grid = (-(-n // (16 * tn)), -(-m // (16 * tm)))
+    kern[grid, (16, 16)](cuda.to_device(np.ascontiguousarray(a.T) if ta else a),
+                         cuda.to_device(np.ascontiguousarray(b.T) if tb else b), out)
+    c = out.copy_to_host()
+    assert not np.isnan(c).any()
+    assert _rel(c, a.astype(np.float64) @ b.astype(np.float64)) < TOL[dt] * k
 
 
 @pytest.mark.parametrize("dt", FLOATS, ids=["f32", "f64"])
@@ -82,12 +104,12 @@ def test_choose_config_spreads_small_products(cuda_kernels, dt):
     for m, n in ((64, 1000), (4096, 4096), (1, 1), (784, 1000), (1000, 784)):
         cfg = mm.choose_config(m, n, dt)
         tm, tn = mm.CONFIGS[cfg][:2]
-        nblocks = -(-m // (16 * tm)) * -(-n // (16 * tn))
+        nblocks = -(-m // (mm.THREADS * tm)) * -(-n // (mm.THREADS * tn))
         assert nblocks >= sms or cfg == "32x32", (m, n, cfg)
         if cfg != large:  # a larger tile would have left multiprocessors idle
             bigger = {"64x64": large, "32x32": "64x64"}[cfg]
             btm, btn = mm.CONFIGS[bigger][:2]
-            assert -(-m // (16 * btm)) * -(-n // (16 * btn)) < sms
+            assert -(-m // (mm.THREADS * btm)) * -(-n // (mm.THREADS * btn)) < sms
 
 
 @pytest.mark.parametrize("dt", FLOATS, ids=["f32", "f64"])
@@ -189,16 +211,22 @@ def test_conv_device_entry_points_with_preallocated_buffers(cuda_kernels, rng, d
 
 # ------------------------------------------------------------------------------------------ probe
 @pytest.mark.parametrize("dt", FLOATS, ids=["f32", "f64"])
-@pytest.mark.parametrize("n,max_blocks", [(1, None), (255, None), (257, None), (3000, 3)],
-                         ids=["n1", "n255", "n257", "n3000-gridstride"])
+@pytest.mark.parametrize("n,max_blocks", [(1, None), (255, None), (257, None), (3000, 3), ("wide", "wide")],
+                         ids=["n1", "n255", "n257", "n3000-gridstride", "more-blocks-than-threads"])
 def test_probe_kernel(cuda_kernels, rng, dt, n, max_blocks):
     _, _, _, pk = cuda_kernels
+    wide = n == "wide"
+    if wide:  # TPB + 8 blocks: the last block's second pass strides over more partials than threads
+        if dt == np.float32:
+            pytest.skip("the reduction's layout does not depend on the dtype: float64 covers it")
+        max_blocks = pk.TPB + 8
+        n = max_blocks * pk.TPB + 5
     theta = rng.standard_normal(n).astype(dt)
     g = (rng.standard_normal(n) * 3).astype(dt)
     alpha = float(rng.uniform(0.01, 2))
     exact = math.fsum((g.astype(np.float64) ** 2).tolist())
     expected_point = theta - dt(alpha) * g  # NumPy: alpha rounded to dt, multiply, round, subtract, round
-    for det in (False, True):
+    for det in ((True,) if wide else (False, True)):
         new, total = pk.probe_cuda(theta, g, alpha, det, max_blocks, out=np.full(n, np.nan, dt))
         np.testing.assert_array_equal(new, expected_point)  # bit for bit, on a GPU too (no FMA)
         assert abs(total - exact) <= 1e-13 * max(exact, 1e-300)
