@@ -51,11 +51,6 @@ TPB = 8 if config.ENABLE_CUDASIM else 128
 MAX_BLOCKS = 16 if config.ENABLE_CUDASIM else 65535
 
 
-def _grid(n):
-    """Blocks for n elements: ⌈n / TPB⌉, at least 1, at most MAX_BLOCKS."""
-    return min(blocks(n, TPB), MAX_BLOCKS)
-
-
 def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
     idx = cuda.grid(1)
     stride = cuda.gridsize(1)
@@ -170,7 +165,7 @@ def im2col_device(d_x, k, s, p, out_hw, out=None):
     rows, ncols = n * out_hw[0] * out_hw[1], c * k[0] * k[1]
     cols = _buffer(out, (rows, ncols), d_x.dtype, "out")
     count_launch("im2col")
-    _im2col[_grid(rows * ncols), TPB](d_x, k[0], k[1], s[0], s[1], p[0], p[1], out_hw[0], out_hw[1], cols)
+    _im2col[blocks(rows * ncols, TPB, MAX_BLOCKS), TPB](d_x, k[0], k[1], s[0], s[1], p[0], p[1], out_hw[0], out_hw[1], cols)
     return cols
 
 
@@ -179,7 +174,7 @@ def col2im_device(d_gcols, x_shape, k, s, p, out_hw, out=None):
     gx = _buffer(out, x_shape, d_gcols.dtype, "out")
     size = int(np.prod(x_shape))
     count_launch("col2im")
-    _col2im[np.dtype(d_gcols.dtype).name][_grid(size), TPB](d_gcols, k[0], k[1], s[0], s[1], p[0], p[1],
+    _col2im[np.dtype(d_gcols.dtype).name][blocks(size, TPB, MAX_BLOCKS), TPB](d_gcols, k[0], k[1], s[0], s[1], p[0], p[1],
                                                                    out_hw[0], out_hw[1], gx)
     return gx
 
@@ -195,7 +190,7 @@ def rows_to_nchw_device(rows, n, out_hw, out=None):
     oc = rows.shape[1]
     y = _buffer(out, (n, oc, out_hw[0], out_hw[1]), rows.dtype, "out")
     count_launch("rows_to_nchw")
-    _rows_to_nchw[_grid(y.size), TPB](rows, out_hw[0], out_hw[1], y)
+    _rows_to_nchw[blocks(y.size, TPB, MAX_BLOCKS), TPB](rows, out_hw[0], out_hw[1], y)
     return y
 
 
@@ -204,7 +199,7 @@ def nchw_to_rows_device(g, out=None):
     n, oc, oh, ow = g.shape
     rows = _buffer(out, (n * oh * ow, oc), g.dtype, "rows")
     count_launch("nchw_to_rows")
-    _nchw_to_rows[_grid(rows.size), TPB](g, oh, ow, rows)
+    _nchw_to_rows[blocks(rows.size, TPB, MAX_BLOCKS), TPB](g, oh, ow, rows)
     return rows
 
 

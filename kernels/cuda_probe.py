@@ -221,7 +221,7 @@ def default_workspace():
 def grid_for(n, max_blocks=None):
     """Blocks launched for n elements: one element per thread, capped at ``max_blocks``
     (default ``DEFAULT_BLOCKS``); beyond the cap every thread loops over several elements."""
-    return min(blocks(n, TPB), DEFAULT_BLOCKS if max_blocks is None else int(max_blocks))
+    return blocks(n, TPB, DEFAULT_BLOCKS if max_blocks is None else max_blocks)
 
 
 def _flat(a):

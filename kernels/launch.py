@@ -122,9 +122,10 @@ def check_float(owner, **arrays):
     return dtypes.pop()
 
 
-def blocks(n, per_block):
-    """⌈n / per_block⌉, at least 1."""
-    return max(1, (int(n) + per_block - 1) // per_block)
+def blocks(n, per_block, cap=None):
+    """⌈n / per_block⌉, at least 1, and at most ``cap`` when given (a grid-stride kernel's grid)."""
+    b = max(1, (int(n) + per_block - 1) // per_block)
+    return b if cap is None else min(b, int(cap))
 
 
 # ------------------------------------------------------------------------------------ launch counts

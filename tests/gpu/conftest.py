@@ -13,11 +13,14 @@
 So CI runs ``NUMBA_ENABLE_CUDASIM=1 pytest tests/gpu`` and ``pytest tests/gpu/test_ptx*.py``; on a
 machine with a GPU, ``pytest tests/gpu`` runs everything on the GPU.
 
-Under the simulator the interpreter's thread switch interval is set to 0.1 ms (``sys.setswitchinterval``,
-Python's default is 5 ms). The simulator runs every CUDA thread of a block as a Python thread while
-the main thread polls them in a loop; at 5 ms a started or unblocked thread waited for the poller to
-drop the GIL, and a 128-thread probe launch took 0.90 s; at 0.1 ms it takes 0.15 s (measured on this
-machine, numba-cuda 0.30.4). Nothing the kernels compute depends on it.
+``QLABREF_SIM_SWITCH=<seconds>`` sets the interpreter's thread switch interval under the simulator
+(``sys.setswitchinterval``; Python's default, 5 ms, is kept otherwise). The simulator runs every CUDA
+thread of a block as a Python thread while its main thread polls them; at 5 ms a started or unblocked
+thread waits for the poller to drop the GIL (a 128-thread probe launch: 0.90 s; at 0.1 ms 0.15 s, and
+the whole simulator pass 124 s instead of about 500 s). It is not the default because at 0.1 ms
+``test_cuda_backend_conv_batchnorm_matches_numpy`` gave other parameters from the same seed in about
+1 run in 5 (QLABREF_TEST_SEED=3137157681: 0.2387 against 0.2756): a race, in the simulator's barrier or
+in a kernel, that the coarse interval hides and that is not found yet (see the session-10 closing note).
 
 All need numba-cuda (``pip install 'qlabref[cuda]'``): without it they skip, or fail when
 ``QLABREF_REQUIRE_CUDA=1`` (set by ``.ci/run``, where the extra is installed).
@@ -31,8 +34,8 @@ import sys
 import pytest
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-if SIM:
-    sys.setswitchinterval(1e-4)  # see the module docstring
+if SIM and os.environ.get("QLABREF_SIM_SWITCH"):
+    sys.setswitchinterval(float(os.environ["QLABREF_SIM_SWITCH"]))  # see the module docstring
 HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
 NO_DEVICE_REASON = ("needs a CUDA device: Numba's CUDA simulator, switched on before Numba is imported "
                     "(`NUMBA_ENABLE_CUDASIM=1 pytest tests/gpu`, as .ci/run does), or a CUDA GPU")
