@@ -36,13 +36,28 @@ def train_qlabgrad(backend, make_model, x, y, steps=5, flat=False, pre_lr=None):
 
 
 def assert_runs_match(a, b, tol=1e-10):
+    """Two runs of the same steps agree: losses, ‖∇L‖² and g(ᾱ) to ``tol`` (relative); α_t to
+    4(κ_t + 2)·tol with κ_t = (|g(ᾱ)| + |L| + ᾱ‖∇L‖²) / |g(ᾱ) − L + ᾱ‖∇L‖²| the condition number of
+    Eq. (10)'s denominator (from ``b``, the oracle), which amplifies the kernels' different summation
+    order once a small batch is memorised (tests/gpu/test_resident.py, qlab_synced: κ up to 6e5);
+    the fallback where that bound is below 0.1; the parameters and buffers to ``tol`` plus what those
+    α differences can move them, Σ_t Δα_t·‖∇L_t‖ (|Δθ| ≤ Δα·‖∇L‖ at each step). A wrong kernel is off
+    by far more: O(1) in the losses or the gradient."""
     pa, ra, sa = a
     pb, rb, sb = b
-    for u, v in zip(pa, pb):
-        assert _rel(u, v) < tol
+    drift = 0.0
     for u, v in zip(ra, rb):
-        for key in ("loss", "grad_sq_norm", "probe_loss", "lr", "pre_lr"):
-            assert abs(u[key] - v[key]) <= tol * max(1.0, abs(v[key])), key
-        assert u["evals"] == v["evals"] and u["fallback"] == v["fallback"]
+        for key in ("loss", "grad_sq_norm", "probe_loss", "pre_lr"):
+            assert abs(u[key] - v[key]) <= tol * max(1.0, abs(v[key])), (v["step"], key, u[key], v[key])
+        L, P, gsq, ab = v["loss"], v["probe_loss"], v["grad_sq_norm"], v["pre_lr"]
+        kappa = (abs(P) + abs(L) + ab * gsq) / max(abs(P - L + ab * gsq), np.finfo(np.float64).tiny)
+        lr_tol = 4 * (kappa + 2) * tol * max(1.0, abs(v["lr"]))
+        assert abs(u["lr"] - v["lr"]) <= lr_tol, (v["step"], u["lr"], v["lr"], kappa)
+        assert u["evals"] == v["evals"]
+        if lr_tol < 0.1 * abs(v["lr"]):
+            assert u["fallback"] == v["fallback"], (v["step"], kappa)
+        drift += lr_tol * float(np.sqrt(gsq))
+    for u, v in zip(pa, pb):
+        assert _rel(u, v) < tol + drift, (_rel(u, v), drift)
     for key in sa:
-        assert _rel(np.asarray(sa[key], dtype=np.float64), np.asarray(sb[key], dtype=np.float64)) < tol, key
+        assert _rel(np.asarray(sa[key], dtype=np.float64), np.asarray(sb[key], dtype=np.float64)) < tol + drift, key
