@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from numba import cuda
 
+from .launch import lock_simulator_shared_arrays
+
+lock_simulator_shared_arrays()  # a simulator race, see its docstring (no-op on a GPU)
+
 __all__ = ["tree_sum", "tree_max", "nan_max", "strided_offset", "nchw_index", "window_start"]
 
 

@@ -43,7 +43,9 @@ import numpy as np
 from numba import cuda, float32, float64
 from numba.core import config as _nb_config
 
-from .launch import blocks, count_launch
+from .launch import blocks, count_launch, lock_simulator_shared_arrays
+
+lock_simulator_shared_arrays()  # a simulator race, see its docstring (no-op on a GPU)
 
 __all__ = ["THREADS", "CONFIGS", "LARGE", "TILE", "ORDERS", "make_matmul_kernel", "MATMUL_KERNELS", "PTX_KERNELS",
            "choose_config", "matmul_into", "matmul_device", "matmul_cuda"]

@@ -27,6 +27,7 @@ __all__ = [
     "LAUNCHES",
     "count_launch",
     "count_copy",
+    "lock_simulator_shared_arrays",
 ]
 
 DEVICES = ("cpu", "cuda")
@@ -163,3 +164,56 @@ def count_copy():
     LAUNCHES.copies += 1
     by = LAUNCHES.by_name
     by["copy_d2d"] = by.get("copy_d2d", 0) + 1
+
+
+# ------------------------------------------------------------------------- simulator shared memory
+def lock_simulator_shared_arrays():
+    """Make Numba's CUDA simulator allocate each ``cuda.shared.array`` under a lock.
+
+    The simulator runs a block's threads as Python threads and gives them one shared array per call
+    site (file, line; kept for the launch's later blocks, which run one after another), created by the
+    first thread that reaches the site: ``get`` the allocation, and
+    if there is none, ``np.empty`` one and store it (``numba.cuda.simulator.kernelapi.FakeCUDAShared``,
+    numba-cuda 0.30.4). That check-then-store is not atomic: when the interpreter switches threads
+    between the two (traceback extraction runs just before it, so a small ``sys.setswitchinterval``
+    makes this likely), two threads each create their own array and no longer see each other's
+    writes, so a block's tree reduction or tile load reads memory nobody wrote. Seen as a wrong
+    ‖∇L‖² or conv weight gradient in about one simulated QLABGrad run in 6 at a 0.1 ms switch
+    interval; never on a GPU, where shared memory is one per block by construction. This replaces
+    the method by the same logic under a lock (and reads the caller's frame directly instead of
+    extracting the whole stack, which is also faster). A no-op outside the simulator and when already
+    applied; the dynamic shared array (shape 0) keeps the simulator's own code."""
+    from numba.core import config
+
+    if not config.ENABLE_CUDASIM:
+        return
+    import sys
+    import threading
+
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    cls = kernelapi.FakeCUDAShared
+    if getattr(cls, "_qlabref_locked", False):
+        return
+    original = cls.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory / the simulator's own error
+            return original(self, shape, dtype, alignment)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        frame = sys._getframe(1)
+        caller = (frame.f_code.co_filename, frame.f_lineno)  # the simulator's key: the call site
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = np.empty(shape, dtype)
+                self._allocations[caller] = res
+        return res
+
+    array.__doc__ = original.__doc__
+    cls.array = array
+    cls._qlabref_locked = True

@@ -17,10 +17,12 @@ machine with a GPU, ``pytest tests/gpu`` runs everything on the GPU.
 (``sys.setswitchinterval``; Python's default, 5 ms, is kept otherwise). The simulator runs every CUDA
 thread of a block as a Python thread while its main thread polls them; at 5 ms a started or unblocked
 thread waits for the poller to drop the GIL (a 128-thread probe launch: 0.90 s; at 0.1 ms 0.15 s, and
-the whole simulator pass 124 s instead of about 500 s). It is not the default because at 0.1 ms
-``test_cuda_backend_conv_batchnorm_matches_numpy`` gave other parameters from the same seed in about
-1 run in 5 (QLABREF_TEST_SEED=3137157681: 0.2387 against 0.2756): a race, in the simulator's barrier or
-in a kernel, that the coarse interval hides and that is not found yet (see the session-10 closing note).
+the whole simulator pass about 2 min instead of about 8). ``.ci/run`` sets 0.1 ms. A fine interval
+used to expose a race of the simulator itself: it creates a block's ``cuda.shared.array`` with an
+unlocked get-then-store, so two threads could get two arrays (``test_cuda_backend_conv_batchnorm_
+matches_numpy`` gave other parameters from one seed about 1 run in 5); the kernel modules now lock that
+allocation (``qlabref.kernels.launch.lock_simulator_shared_arrays``, tested in ``test_sim_shared.py``;
+54 runs of that seed without a difference afterwards).
 
 All need numba-cuda (``pip install 'qlabref[cuda]'``): without it they skip, or fail when
 ``QLABREF_REQUIRE_CUDA=1`` (set by ``.ci/run``, where the extra is installed).
