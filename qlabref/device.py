@@ -34,12 +34,13 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import os
 
 import numpy as np
 
 __all__ = ["DeviceArray", "DEVICES", "is_device", "to_device", "to_host", "TRAFFIC", "count_traffic",
            "DeviceBackend", "BACKEND", "TWINS", "check_device_name", "tensor_to", "module_to", "empty_cache",
-           "count_launches", "flat_storage", "flat_view"]
+           "count_launches", "flat_storage", "flat_view", "poison_pool"]
 
 DEVICES = ("cpu", "cuda")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -218,6 +219,47 @@ _POOL = {}
 _OWNED = {}
 
 
+#: the simulator's poisoning aid (``poison_pool``): off, or on (then every pooled buffer is filled
+#: with all-ones bytes when it is handed out and again when it goes back to the pool)
+_POISON = {"on": False}
+
+
+def poison_pool(on=True):
+    """Make memory errors of the device-resident path visible in Numba's CUDA simulator.
+
+    On a GPU a pooled buffer is uninitialised when handed out, and its old values survive until the
+    pool hands it to someone else; in the simulator every allocation is a fresh NumPy array that is
+    never reused, so an op that reads an output it did not fully write, or an array that outlives the
+    owner of its memory (the bugs of the first real-GPU run: views whose buffer went back to the pool
+    under them), gives the right numbers there and wrong ones, or an illegal address, on a GPU. With
+    this on, every buffer the pool hands out (fresh or reused) and every buffer that goes back to it is
+    filled with all-ones bytes, a NaN in float32 and float64 and −1 as an integer, written straight
+    into the simulator's host memory (no copy or launch is counted), so such a read shows up as NaN or
+    a bad index in any comparison with NumPy. ``tests/gpu/conftest.py`` turns it on for every test in
+    the simulator; ``QLABREF_DEVICE_POISON=1`` does from the start. Simulator only: on a GPU, use
+    NVIDIA's compute-sanitizer (``ValueError`` if asked for there). Returns the previous setting."""
+    on = bool(on)
+    if on:
+        from numba.core import config
+
+        if not config.ENABLE_CUDASIM:
+            raise ValueError("poison_pool: only in Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1); on a GPU, "
+                             "run under NVIDIA's compute-sanitizer (memcheck, initcheck) instead")
+    old, _POISON["on"] = _POISON["on"], on
+    return old
+
+
+if os.environ.get("QLABREF_DEVICE_POISON") == "1":
+    poison_pool(True)
+
+
+def _poison(buf):
+    """Fill a simulator buffer with all-ones bytes (see ``poison_pool``), in place."""
+    host = getattr(buf, "_ary", None)
+    if host is not None:
+        host.view(np.uint8)[...] = 0xFF
+
+
 def empty_cache():
     """Release the free pooled device buffers to the driver (buffers of live arrays stay theirs and
     return to the pool when those die)."""
@@ -239,6 +281,8 @@ def _empty(shape, dtype):
     else:
         buf = _cuda().device_array(n, dtype=dt)
         _OWNED[id(buf)] = buf  # the pool owns it (see _OWNED)
+    if _POISON["on"]:
+        _poison(buf)
     out = DeviceArray(buf, shape, dt)
     out._pooled = True
     return out
@@ -596,6 +640,8 @@ class DeviceArray:
             try:
                 buf = self.buf
                 if _OWNED.get(id(buf)) is buf:
+                    if _POISON["on"]:
+                        _poison(buf)
                     _POOL.setdefault((buf.shape[0], self.dtype), []).append(buf)
             except Exception:  # noqa: BLE001 - interpreter shutdown
                 pass

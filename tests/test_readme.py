@@ -110,5 +110,7 @@ def test_ci_runs_what_the_readme_test_command_leaves_out():
     assert 'sed -n \'s/.*-m "\\([^"]*\\)".*/\\1/p\'' in ci and '-m "not ($expr)" --ignore=tests/gpu tests' in ci
     assert "'.[test,crosscheck,dask,browser,cuda]'" in ci
     # tests/gpu, left out above, runs whole in the simulator and its compile-only files with it off
-    assert "NUMBA_ENABLE_CUDASIM=1 \\\n    .venv-sim/bin/pytest -q -p no:cacheprovider tests/gpu >" in ci
+    assert re.search(r"NUMBA_ENABLE_CUDASIM=1 [^\n]*\\\n    \.venv-sim/bin/pytest -q -p no:cacheprovider tests/gpu >", ci), ci
+    # ... at a 0.1 ms thread switch interval, which is what exposed the simulator's shared-array race
+    assert "QLABREF_SIM_SWITCH=1e-4" in ci
     assert ".venv-sim/bin/pytest -q -p no:cacheprovider tests/gpu/test_ptx*.py >" in ci

@@ -24,6 +24,12 @@ matches_numpy`` gave other parameters from one seed about 1 run in 5); the kerne
 allocation (``qlabref.kernels.launch.lock_simulator_shared_arrays``, tested in ``test_sim_shared.py``;
 54 runs of that seed without a difference afterwards).
 
+Under the simulator every test runs with ``qlabref.device.poison_pool``: each pooled device buffer is
+filled with all-ones bytes (NaN, or −1 as an index) when it is handed out and when it goes back to the
+pool, so an op that reads memory it did not write, or an array that outlives the owner of its memory,
+gives NaN there as it would give garbage on a GPU (the simulator otherwise never reuses memory, which
+hid the first real-GPU run's failures).
+
 All need numba-cuda (``pip install 'qlabref[cuda]'``): without it they skip, or fail when
 ``QLABREF_REQUIRE_CUDA=1`` (set by ``.ci/run``, where the extra is installed).
 """
@@ -36,9 +42,13 @@ import sys
 import pytest
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
 if SIM and os.environ.get("QLABREF_SIM_SWITCH"):
     sys.setswitchinterval(float(os.environ["QLABREF_SIM_SWITCH"]))  # see the module docstring
-HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+if SIM and HAVE_NUMBA_CUDA:
+    from qlabref import device as _device
+
+    _device.poison_pool(True)  # see the module docstring
 NO_DEVICE_REASON = ("needs a CUDA device: Numba's CUDA simulator, switched on before Numba is imported "
                     "(`NUMBA_ENABLE_CUDASIM=1 pytest tests/gpu`, as .ci/run does), or a CUDA GPU")
 PTX_REASON = ("cuda.compile_ptx needs the CUDA simulator off (NUMBA_ENABLE_CUDASIM is set): run "

@@ -229,3 +229,39 @@ def test_basic_indexing_reads_and_writes_as_numpy(shape, index):
     host[index] = v
     d[index] = device.to_device(v) if np.ndim(v) else float(v)
     np.testing.assert_array_equal(d.get(), host)
+
+
+# ----------------------------------------------------------------- the simulator's poisoning aid
+SIM = __import__("os").environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+@pytest.mark.skipif(not SIM, reason="poison_pool is the simulator's aid (on a GPU: compute-sanitizer)")
+def test_poisoned_pool_makes_reads_of_returned_or_unwritten_memory_show():
+    """With ``poison_pool`` on (tests/gpu/conftest.py turns it on under the simulator), memory the
+    pool hands out or takes back reads as NaN, so a stale alias or an unwritten output cannot pass a
+    comparison with NumPy by luck, as it could when the simulator kept every old value."""
+    from qlabref import device
+
+    old = device.poison_pool(True)
+    try:
+        rng = np.random.default_rng()
+        d, want = _pooled(rng, (5, 3))
+        np.testing.assert_array_equal(device.to_host(d), want)  # an op writes all of its output
+        stale = d.buf  # a raw alias of the memory, not a DeviceArray: it does not keep the owner
+        del d
+        gc.collect()
+        assert np.isnan(stale.copy_to_host()).all(), "a buffer back in the pool still reads its old values"
+        fresh = device._empty((7,), np.float64)  # uninitialised as on a GPU, but visibly so
+        assert np.isnan(device.to_host(fresh)).all()
+        idx = device._empty((4,), np.int64)
+        assert (device.to_host(idx) == -1).all()  # an index nobody wrote: out of range
+        v, want2 = _pooled(rng, (2, 6))
+        keep = v.reshape(12)  # a view keeps its owner, so its memory is never poisoned under it
+        del v
+        gc.collect()
+        for _ in range(3):  # other arrays of that size come and go, poisoned as they return
+            _pooled(rng, (2, 6))
+        gc.collect()
+        np.testing.assert_array_equal(device.to_host(keep), want2.reshape(12))
+    finally:
+        device.poison_pool(old)
