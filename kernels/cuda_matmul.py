@@ -10,7 +10,12 @@ slice of B in shared memory (every global load bounds-checked, zeros outside the
 out so that neighbouring threads read neighbouring addresses for either storage order), synchronise,
 and then, for each of the ``BK`` steps, read TM values of A and TN of B into registers and do
 TM·TN multiply-adds. ``syncthreads`` is reached in uniform control flow only; only threads inside C
-store. Accumulation is in the operands' dtype (fused multiply-adds on a GPU: equal to NumPy to
+store. Row tiles go on ``blockIdx.x`` and column tiles on ``blockIdx.y``: a GPU allows 2³¹ − 1 blocks
+on x but only 65,535 on y, and a convolution's M = N·OH·OW is the long side (8,388,608 rows at CIFAR
+size, batch 8192, would need 65,536 row tiles of 128); N may have up to 65,535 column tiles (8.4M
+columns of 128, 2.1M of 32), past which ``check_grid`` raises ValueError naming the shape. (A grid-stride
+loop over row tiles instead cost the 128×128 tiles 36–54 more registers, halving float32's blocks per SM
+and spilling float64's prefetching tile.) Accumulation is in the operands' dtype (fused multiply-adds on a GPU: equal to NumPy to
 rounding, not bit for bit, since the summation order differs from BLAS anyway).
 
 Configurations (``CONFIGS``: name → (TM, TN, BK, prefetch)): ``"128x128"`` (8 × 8 per thread),
@@ -43,7 +48,7 @@ import numpy as np
 from numba import cuda, float32, float64
 from numba.core import config as _nb_config
 
-from .launch import blocks, count_launch, lock_simulator_shared_arrays
+from .launch import blocks, check_grid, count_launch, lock_simulator_shared_arrays
 
 lock_simulator_shared_arrays()  # a simulator race, see its docstring (no-op on a GPU)
 
@@ -153,8 +158,8 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False, th
         m = c.shape[0]
         n = c.shape[1]
         k = a.shape[0] if ta else a.shape[1]
-        m0 = cuda.blockIdx.y * bm
-        n0 = cuda.blockIdx.x * bn
+        m0 = cuda.blockIdx.x * bm  # row tiles on x: a GPU allows 2³¹ − 1 of them there, 65,535 on y
+        n0 = cuda.blockIdx.y * bn
         for i in range(tm):
             for j in range(tn):
                 acc[i, j] = dtype(0)
@@ -184,8 +189,8 @@ def make_matmul_kernel(dtype, tm, tn, bk, ta=False, tb=False, prefetch=False, th
         m = c.shape[0]
         n = c.shape[1]
         k = a.shape[0] if ta else a.shape[1]
-        m0 = cuda.blockIdx.y * bm
-        n0 = cuda.blockIdx.x * bn
+        m0 = cuda.blockIdx.x * bm  # row tiles on x: a GPU allows 2³¹ − 1 of them there, 65,535 on y
+        n0 = cuda.blockIdx.y * bn
         nk = (k + bk - 1) // bk
         for i in range(tm):
             for j in range(tn):
@@ -271,7 +276,8 @@ def matmul_device(a, b, m, n, dtype, ta=False, tb=False, out=None, config=None):
     c = cuda.device_array((m, n), dtype=dtype) if out is None else out
     cfg = choose_config(m, n, dtype) if config is None else config
     tm, tn = CONFIGS[cfg][:2]
-    grid = (blocks(n, THREADS * tn), blocks(m, THREADS * tm))
+    grid = (blocks(m, THREADS * tm), blocks(n, THREADS * tn))  # rows on x (M = N·OH·OW for a conv)
+    check_grid(grid, "matmul", f"C of {m} × {n} in {cfg} tiles")
     count_launch("matmul")
     MATMUL_KERNELS[np.dtype(dtype).name, cfg, bool(ta), bool(tb)][grid, (THREADS, THREADS)](a, b, c)
     return c

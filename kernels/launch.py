@@ -24,6 +24,9 @@ __all__ = [
     "check_device",
     "check_float",
     "blocks",
+    "MAX_GRID_X",
+    "MAX_GRID_Y",
+    "check_grid",
     "LAUNCHES",
     "count_launch",
     "count_copy",
@@ -121,6 +124,23 @@ def check_float(owner, **arrays):
         detail = ", ".join(f"{k} {v.dtype}" for k, v in arrays.items())
         raise TypeError(f"{owner}: all arrays must have one dtype, got {detail}")
     return dtypes.pop()
+
+
+#: the grid limits of every compute capability Numba supports (CUDA C++ Programming Guide, "Technical
+#: Specifications"): gridDim.x up to 2³¹ − 1, gridDim.y and gridDim.z up to 65,535. Numba's simulator
+#: checks none of them, so qlabref checks its 2-D grids itself (``check_grid``)
+MAX_GRID_X = 2**31 - 1
+MAX_GRID_Y = 65535
+
+
+def check_grid(grid, name, what):
+    """Raise ValueError, naming the kernel and ``what`` it computes, if ``grid`` exceeds a GPU's limits
+    (a GPU would refuse the launch with CUDA_ERROR_INVALID_VALUE; the simulator would run it)."""
+    limits = (MAX_GRID_X, MAX_GRID_Y, MAX_GRID_Y)
+    for axis, (g, lim) in enumerate(zip(grid, limits)):
+        if not 1 <= g <= lim:
+            raise ValueError(f"{name}: grid {tuple(grid)} for {what}: gridDim.{'xyz'[axis]} = {g} is outside "
+                             f"1..{lim}, a GPU's limit")
 
 
 def blocks(n, per_block, cap=None):

@@ -74,6 +74,38 @@ def test_matmul_every_configuration_over_several_blocks(cuda_kernels, rng, devic
     _check_matmul(cuda, mm, a, b, config=config)
 
 
+def test_matmul_puts_the_long_side_on_the_grid_axis_a_gpu_allows_to_be_long(cuda_kernels, rng, monkeypatch):
+    # A GPU refuses gridDim.y > 65,535 (CUDA_ERROR_INVALID_VALUE) and the simulator checks no grid
+    # limit, so check_grid does it before each launch. A convolution's M = N·OH·OW is the long side
+    # (8,388,608 rows at CIFAR size, batch 8192: 65,536 row tiles of 128), so rows must go on x. With
+    # the y limit lowered to 1 here, a tall product (several row tiles) still launches and is right;
+    # a wide one (several column tiles) is refused with the shape named, not launched.
+    cuda, mm, _, _ = cuda_kernels
+    from qlabref.kernels import launch
+
+    monkeypatch.setattr(launch, "MAX_GRID_Y", 1)
+    tm, tn = mm.CONFIGS["32x32"][:2]
+    bm, bn = mm.THREADS * tm, mm.THREADS * tn
+    a = rng.standard_normal((5 * bm + 3, 7))
+    b = rng.standard_normal((7, bn))
+    _check_matmul(cuda, mm, a, b, config="32x32")
+    with pytest.raises(ValueError, match=rf"matmul: grid \(1, 2\) for C of 1 × {bn + 1} in 32x32 tiles: gridDim.y"):
+        mm.matmul_device(cuda.to_device(np.ones((1, 7))), cuda.to_device(np.ones((7, bn + 1))), 1, bn + 1,
+                         np.float64, config="32x32")
+
+
+def test_grid_limits_are_checked_before_a_launch(cuda_kernels):
+    from qlabref.kernels import launch
+
+    launch.check_grid((2**31 - 1, 65535, 1), "matmul", "C of 1 × 1")  # the limits themselves launch
+    with pytest.raises(ValueError, match=r"matmul: grid \(1, 65536\) for C of 9 × 9: gridDim.y = 65536 is outside 1..65535"):
+        launch.check_grid((1, 65536), "matmul", "C of 9 × 9")
+    with pytest.raises(ValueError, match="gridDim.z = 0"):
+        launch.check_grid((1, 1, 0), "k", "x")
+    with pytest.raises(ValueError, match="gridDim.x = 2147483648"):
+        launch.check_grid((2**31, 1), "k", "x")
+
+
 @pytest.mark.parametrize("dt,ta,tb", [(np.float32, True, False), (np.float64, False, True)], ids=["f32-AtB", "f64-ABt"])
 def test_matmul_hardware_geometry(cuda_kernels, rng, dt, ta, tb):
     # the 16 × 16-thread blocks a GPU runs (the simulator's default is 4 × 4: see cuda_matmul), with a
@@ -88,7 +120,7 @@ def test_matmul_hardware_geometry(cuda_kernels, rng, dt, ta, tb):
     a = rng.standard_normal((m, k)).astype(dt)
     b = rng.standard_normal((k, n)).astype(dt)
     out = _nan_device(cuda, (m, n), dt)
-    grid = (-(-n // (16 * tn)), -(-m // (16 * tm)))
+    grid = (-(-m // (16 * tm)), -(-n // (16 * tn)))  # rows on x, as matmul_device launches it
     kern[grid, (16, 16)](cuda.to_device(np.ascontiguousarray(a.T) if ta else a),
                          cuda.to_device(np.ascontiguousarray(b.T) if tb else b), out)
     c = out.copy_to_host()
