@@ -52,6 +52,17 @@ def _pair(torch, tm, qm):
     return tm, qm
 
 
+def _a2_tie(rec):
+    """Whether this step's a2 of Eq. (9) is zero to rounding: a2·ᾱ² = g(ᾱ) − L + ᾱ‖∇L‖² is a difference
+    of float64 numbers of size |g(ᾱ)| + |L| + ᾱ‖∇L‖², each correct only to a few ulps of it, so an a2 with
+    |a2|·ᾱ² below 8·eps of that size could have either sign in another correct implementation."""
+    a2, pre = rec.get("a2"), rec.get("pre_lr")
+    if a2 is None or not pre:
+        return False
+    size = abs(rec["probe_loss"]) + abs(rec["loss"]) + pre * rec["grad_sq_norm"]
+    return abs(a2) * pre**2 <= 8 * np.finfo(np.float64).eps * size
+
+
 def _run(torch, tm, qm, batches, make_t, make_q, check_buffers=False):
     """Train both for len(batches) steps; return the worst relative difference per quantity."""
     import qlabref.torch as qt  # noqa: F401
@@ -59,17 +70,25 @@ def _run(torch, tm, qm, batches, make_t, make_q, check_buffers=False):
     to, qo = make_t(list(tm.parameters())), make_q(qm.parameters())
     worst = {k: 0.0 for k in ("params", "buffers", *FLOAT_KEYS)}
     per_step = []  # the worst difference after each step
+    _run.parted_at = None
     for xb, yb in batches:
         xt, yt = torch.from_numpy(xb), torch.from_numpy(yb)
         to.step(lambda: torch.nn.functional.cross_entropy(tm(xt), yt))
         qo.step(lambda: qr.cross_entropy(qm(qr.tensor(xb)), yb))
         ts, qs = to.last_step, qo.last_step
         assert set(ts) == set(qs), set(ts) ^ set(qs)
-        for k in ts:
-            if k in FLOAT_KEYS:
+        parted = [k for k in ts if k not in FLOAT_KEYS and k != "flat_storage" and ts[k] != qs[k]]
+        if parted and _a2_tie(ts) and _a2_tie(qs):
+            # Algorithm 1's branch on the sign of a2 (fallback or not) taken differently on an a2 that is
+            # zero to rounding on both sides: both are right, and the runs part here (QLABREF_TEST_SEED=
+            # 2670166959, paper CNN: a run that had blown up to a loss of 132, a2·ᾱ² = 0 on one side and one
+            # ulp on the other at step 18). The steps before it have been compared; stop there.
+            _run.parted_at = ts["step"]
+            break
+        assert not parted, [(k, ts["step"], ts[k], qs[k]) for k in parted]
+        for k in FLOAT_KEYS:
+            if k in ts:
                 worst[k] = max(worst[k], _rel(ts[k], qs[k]))
-            elif k != "flat_storage":
-                assert ts[k] == qs[k], (k, ts["step"], ts[k], qs[k])
         worst["params"] = max(worst["params"], _max_rel([p.detach().numpy() for p in tm.parameters()],
                                                         [p.data for p in qm.parameters()]))
         if check_buffers:
