@@ -15,8 +15,10 @@ on x but only 65,535 on y, and a convolution's M = N·OH·OW is the long side (8
 size, batch 8192, would need 65,536 row tiles of 128); N may have up to 65,535 column tiles (8.4M
 columns of 128, 2.1M of 32), past which ``check_grid`` raises ValueError naming the shape. (A grid-stride
 loop over row tiles instead cost the 128×128 tiles 36–54 more registers, halving float32's blocks per SM
-and spilling float64's prefetching tile.) Accumulation is in the operands' dtype (fused multiply-adds on a GPU: equal to NumPy to
-rounding, not bit for bit, since the summation order differs from BLAS anyway).
+and spilling float64's prefetching tile.)
+
+Accumulation is in the operands' dtype (fused multiply-adds on a GPU: equal to NumPy to rounding, not
+bit for bit, since the summation order differs from BLAS anyway).
 
 Configurations (``CONFIGS``: name → (TM, TN, BK, prefetch)): ``"128x128"`` (8 × 8 per thread),
 ``"128x128p"`` (the same with the next K step's global loads prefetched into registers: float64's
